@@ -1,0 +1,271 @@
+"""`realtime-sync`: serve, sidecar, dev, token, publish, watch."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from realtime_sync import __version__
+from realtime_sync.config import SettingsError, add_setting_flags, load_settings, settings_overrides
+
+DEV_USER = "alice"
+
+
+def _fail(message: str) -> int:
+    print(f"realtime-sync: {message}", file=sys.stderr)
+    return 2
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from realtime_sync.logs import configure_logging  # noqa: PLC0415
+    from realtime_sync.service import run_service  # noqa: PLC0415
+
+    try:
+        settings = load_settings(overrides=settings_overrides(args))
+    except SettingsError as exc:
+        return _fail(str(exc))
+    configure_logging(settings.log_level, settings.log_format)
+    return run_service(settings)
+
+
+def _cmd_sidecar(args: argparse.Namespace) -> int:
+    from realtime_sync.devsidecar import main as sidecar_main  # noqa: PLC0415
+
+    return sidecar_main(list(args.sidecar_args))
+
+
+def _dapr_http_base(port: int | None) -> str:
+    host = os.environ.get("DAPR_RUNTIME_HOST", "127.0.0.1")
+    endpoint = os.environ.get("DAPR_HTTP_ENDPOINT")
+    if endpoint and port is None:
+        return endpoint.rstrip("/")
+    return f"http://{host}:{port or int(os.environ.get('DAPR_HTTP_PORT', '3500'))}"
+
+
+def _wait_http(url: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - local URL
+                if 200 <= resp.status < 300:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from realtime_sync.core.auth import mint_token  # noqa: PLC0415
+
+    env = dict(os.environ)
+    if not env.get("JWT_SECRET"):
+        env["JWT_SECRET"] = secrets.token_urlsafe(32)
+    env.setdefault("DAPR_HTTP_PORT", "3500")
+    env.setdefault("DAPR_GRPC_PORT", "50001")
+    env.setdefault("APP_PORT", "50051")
+    env.setdefault("WS_PORT", "8080")
+    env.setdefault("LOG_FORMAT", "text")
+    sidecar = subprocess.Popen(
+        [sys.executable, "-m", "realtime_sync.devsidecar"], env=env
+    )
+    service: subprocess.Popen[bytes] | None = None
+    try:
+        if not _wait_http(f"http://127.0.0.1:{env['DAPR_HTTP_PORT']}/v1.0/healthz", 15):
+            return _fail("the dev sidecar did not start (see its log above)")
+        service = subprocess.Popen(
+            [sys.executable, "-m", "realtime_sync", "serve"], env=env
+        )
+        ws_port = env["WS_PORT"]
+        if not _wait_http(f"http://127.0.0.1:{ws_port}/readyz", 30):
+            return _fail("the service did not become ready (see its log above)")
+        token = mint_token(DEV_USER, secret=env["JWT_SECRET"], ttl_s=24 * 3600, now=time.time())
+        url = f"ws://localhost:{ws_port}/ws"
+        print(
+            f"""
+realtime-sync dev is running (dev sidecar: gRPC {env["DAPR_GRPC_PORT"]}, HTTP \
+{env["DAPR_HTTP_PORT"]}; app gRPC {env["APP_PORT"]}).
+
+  WebSocket URL : {url}
+  Demo user     : {DEV_USER}
+  Token (24 h)  : {token}
+
+Watch {DEV_USER}'s updates (in another terminal, from this folder):
+  .venv/bin/realtime-sync watch --url {url} --token {token}
+
+Publish a task change (another terminal):
+  .venv/bin/realtime-sync publish --type TASK_CHANGED --user {DEV_USER} --task 42 \
+--data '{{"title":"Write the README","status":"doing"}}'
+
+Mint tokens for other users with:  JWT_SECRET=<the dev secret> realtime-sync token bob
+Press Ctrl-C to stop.
+""",
+            flush=True,
+        )
+        return service.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for proc in (service, sidecar):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in (service, sidecar):
+            if proc is not None:
+                try:
+                    proc.wait(timeout=25)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from realtime_sync.core.auth import MIN_HMAC_KEY_BYTES, mint_token  # noqa: PLC0415
+
+    secret = os.environ.get("JWT_SECRET", "")
+    if len(secret.encode()) < MIN_HMAC_KEY_BYTES:
+        return _fail(f"JWT_SECRET must be set to at least {MIN_HMAC_KEY_BYTES} bytes")
+    if args.ttl <= 0:
+        return _fail("--ttl must be positive")
+    print(
+        mint_token(
+            args.user,
+            secret=secret,
+            ttl_s=args.ttl,
+            now=time.time(),
+            audience=os.environ.get("JWT_AUDIENCE") or None,
+            issuer=os.environ.get("JWT_ISSUER") or None,
+            user_claim=os.environ.get("JWT_USER_CLAIM", "userId") or "userId",
+        )
+    )
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    event: dict[str, Any] = {"type": args.type, "user_id": args.user}
+    event["task_id"] = int(args.task) if args.task.lstrip("-").isdigit() else args.task
+    if args.id:
+        event["id"] = args.id
+    if args.data:
+        try:
+            event["data"] = orjson.loads(args.data)
+        except orjson.JSONDecodeError:
+            return _fail("--data must be JSON")
+    if args.shared_with is not None:
+        event["metadata"] = {"shared_with": [u for u in args.shared_with.split(",") if u]}
+    url = f"{_dapr_http_base(args.dapr_http_port)}/v1.0/publish/{args.pubsub}/{args.topic}"
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get("DAPR_API_TOKEN"):
+        headers["dapr-api-token"] = os.environ["DAPR_API_TOKEN"]
+    request = urllib.request.Request(  # noqa: S310 - the Dapr sidecar's URL
+        url, data=orjson.dumps(event), headers=headers, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        return _fail(f"publish refused: HTTP {exc.code} {exc.read().decode(errors='replace')}")
+    except (urllib.error.URLError, OSError) as exc:
+        return _fail(f"cannot reach the Dapr sidecar at {url}: {exc}")
+    print(f"published {args.type} for task {event['task_id']} (HTTP {status})")
+    return 0
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from websockets.asyncio.client import connect  # noqa: PLC0415
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake  # noqa: PLC0415
+
+    token = args.token or os.environ.get("REALTIME_SYNC_TOKEN", "")
+    if not token:
+        return _fail("give --token (or set REALTIME_SYNC_TOKEN)")
+
+    async def watch() -> int:
+        try:
+            async with connect(
+                args.url, additional_headers={"Authorization": f"Bearer {token}"}
+            ) as ws:
+                await ws.send(orjson.dumps({"type": "subscribe", "all": True}).decode())
+                async for message in ws:
+                    print(message if isinstance(message, str) else message.decode(), flush=True)
+        except ConnectionClosed as exc:
+            return _fail(
+                f"connection closed: {exc.rcvd.code if exc.rcvd else 1006} "
+                f"{exc.rcvd.reason if exc.rcvd else ''}"
+            )
+        except (OSError, InvalidHandshake) as exc:
+            return _fail(f"cannot connect to {args.url}: {exc}")
+        return 0
+
+    try:
+        return asyncio.run(watch())
+    except KeyboardInterrupt:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="realtime-sync",
+        description="Push task changes from a Dapr pub/sub topic to WebSocket clients.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the service (next to daprd or the dev sidecar)")
+    add_setting_flags(serve)
+    serve.set_defaults(func=_cmd_serve)
+
+    sidecar = sub.add_parser(
+        "sidecar",
+        help="run the dev sidecar alone (a development tool, not a Dapr replacement)",
+        add_help=False,
+    )
+    sidecar.add_argument("sidecar_args", nargs=argparse.REMAINDER)
+    sidecar.set_defaults(func=_cmd_sidecar)
+
+    dev = sub.add_parser("dev", help="dev sidecar + service on the default ports, with a token")
+    dev.set_defaults(func=_cmd_dev)
+
+    token = sub.add_parser("token", help="mint an HS256 JWT with JWT_SECRET (development)")
+    token.add_argument("user", help="user id to put in the token")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (3600)")
+    token.set_defaults(func=_cmd_token)
+
+    publish = sub.add_parser("publish", help="publish one task event through Dapr's publish API")
+    publish.add_argument("--type", default="TASK_CHANGED", help="event type (TASK_CHANGED)")
+    publish.add_argument("--user", required=True, help="owner of the task")
+    publish.add_argument("--task", required=True, help="task id (integer or string)")
+    publish.add_argument("--data", help="the task, as a JSON object")
+    publish.add_argument("--id", help="event id (default: the CloudEvent id)")
+    publish.add_argument("--shared-with", help="comma list of user ids sharing the task")
+    publish.add_argument("--pubsub", default=os.environ.get("PUBSUB_NAME", "pubsub"))
+    publish.add_argument("--topic", default=os.environ.get("TOPIC_NAME", "task-updates"))
+    publish.add_argument(
+        "--dapr-http-port", type=int, default=None, help="sidecar HTTP port (DAPR_HTTP_PORT)"
+    )
+    publish.set_defaults(func=_cmd_publish)
+
+    watch = sub.add_parser("watch", help="print a user's live updates (for operators)")
+    watch.add_argument("--url", default="ws://localhost:8080/ws")
+    watch.add_argument("--token", help="JWT (or REALTIME_SYNC_TOKEN)")
+    watch.set_defaults(func=_cmd_watch)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

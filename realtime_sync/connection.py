@@ -1,0 +1,126 @@
+"""One client connection: its identity, subscriptions and bounded outbound path.
+
+A frame is written straight to the socket when nothing is queued and the transport's
+buffer is below the high-water mark (no task switch); otherwise it waits in the bounded
+Outbox, drained by a short-lived writer task that honours backpressure. Crossing the
+bound closes the connection with 4008: a slow client never slows the others and never
+grows memory without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+from realtime_sync.core.outbox import Outbox
+from realtime_sync.core.outcomes import CloseCode
+from realtime_sync.core.ratelimit import TokenBucket
+from realtime_sync.core.routing import Subscriptions
+
+log = logging.getLogger(__name__)
+WRITE_HIGH_WATER = 64 * 1024
+
+
+class ClientConnection:
+    """A registered, authenticated connection (the `Routable` of the core registry)."""
+
+    __slots__ = (
+        "_on_close",
+        "_writer",
+        "bucket",
+        "close_code",
+        "connected_at",
+        "connection_id",
+        "expires_at",
+        "expiry_timer",
+        "last_activity",
+        "outbox",
+        "subscriptions",
+        "user_id",
+        "ws",
+    )
+
+    def __init__(
+        self,
+        *,
+        connection_id: str,
+        user_id: str,
+        ws: ServerConnection,
+        outbox: Outbox,
+        bucket: TokenBucket,
+        expires_at: float,
+        on_close: Callable[[ClientConnection, CloseCode], None],
+    ) -> None:
+        self.connection_id = connection_id
+        self.user_id = user_id
+        self.ws = ws
+        self.outbox = outbox
+        self.bucket = bucket
+        self.subscriptions = Subscriptions()
+        self.expires_at = expires_at
+        self.expiry_timer: asyncio.TimerHandle | None = None
+        self.connected_at = time.time()
+        self.last_activity = self.connected_at
+        self.close_code: CloseCode | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._on_close = on_close
+
+    @property
+    def closing(self) -> bool:
+        return self.close_code is not None
+
+    def send(self, frame: bytes) -> bool:
+        """Queue or write one encoded text frame. False if the connection is (now) closing."""
+        if self.close_code is not None:
+            return False
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN:
+            return False
+        transport: Any = ws.transport
+        buffered = transport.get_write_buffer_size()
+        if not self.outbox and self._writer is None and buffered <= WRITE_HIGH_WATER:
+            try:
+                ws.protocol.send_text(frame)
+                ws.send_data()
+            except Exception:  # noqa: BLE001 - a dying socket; its handler cleans up
+                log.debug("direct write failed", extra={"connection_id": self.connection_id})
+                return False
+            return True
+        if not self.outbox.push(frame, in_flight_bytes=buffered):
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+            return False
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+        return True
+
+    async def _drain(self) -> None:
+        try:
+            while self.outbox and self.close_code is None:
+                await self.ws.send(self.outbox.pop(), text=True)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._writer = None
+
+    def close(self, code: CloseCode, reason: str) -> None:
+        """Close once: stop routing to it now, send the close frame after what was written."""
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        self.outbox.clear()
+        if self.expiry_timer is not None:
+            self.expiry_timer.cancel()
+        self._on_close(self, code)
+        task = asyncio.get_running_loop().create_task(self.ws.close(int(code), reason))
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Task[None]] = set()

@@ -1,0 +1,136 @@
+"""JWT verification with pinned algorithms (RFC 8725): who a connection belongs to."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import jwt
+import jwt.types
+
+from realtime_sync.core.protocol import MAX_TOKEN_LENGTH
+
+HMAC_ALGORITHMS: Final = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS: Final = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+MIN_HMAC_KEY_BYTES: Final = 32
+
+
+class AuthError(Exception):
+    """A token that does not prove who the client is. The message is safe to send."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user_id: str
+    expires_at: float
+
+
+def check_key_setup(algorithms: Sequence[str], secret: str | None, public_key: str | None) -> str:
+    """Validate the algorithm/key pairing at start; return the verification key.
+
+    Raises ValueError naming what is wrong: unknown algorithms, symmetric and asymmetric
+    algorithms mixed (the key-confusion trap), a missing key, or a short HMAC secret.
+    """
+    algs = set(algorithms)
+    if not algs:
+        raise ValueError("no algorithm configured")
+    unknown = algs - HMAC_ALGORITHMS - ASYMMETRIC_ALGORITHMS
+    if unknown:
+        raise ValueError(f"unsupported algorithm(s): {', '.join(sorted(unknown))}")
+    if algs <= HMAC_ALGORITHMS:
+        if not secret:
+            raise ValueError("HMAC algorithms need JWT_SECRET")
+        if len(secret.encode()) < MIN_HMAC_KEY_BYTES:
+            raise ValueError(f"JWT_SECRET must be at least {MIN_HMAC_KEY_BYTES} bytes")
+        return secret
+    if algs <= ASYMMETRIC_ALGORITHMS:
+        if not public_key or "-----BEGIN" not in public_key:
+            raise ValueError(f"{', '.join(sorted(algs))} need a PEM public key (JWT_PUBLIC_KEY)")
+        return public_key
+    raise ValueError("do not mix HMAC and public-key algorithms in JWT_ALGORITHMS")
+
+
+class TokenVerifier:
+    """Verifies a JWT and extracts the user id claim."""
+
+    def __init__(
+        self,
+        *,
+        algorithms: Sequence[str],
+        key: str,
+        audience: str | None = None,
+        issuer: str | None = None,
+        leeway_s: float = 2.0,
+        user_claim: str = "userId",
+    ) -> None:
+        self._algorithms = list(algorithms)
+        self._key = key
+        self._audience = audience
+        self._issuer = issuer
+        self._leeway = leeway_s
+        self._user_claim = user_claim
+        required = ["exp"]
+        if audience:
+            required.append("aud")
+        if issuer:
+            required.append("iss")
+        self._options: jwt.types.Options = {"require": required, "verify_aud": bool(audience)}
+
+    @property
+    def leeway_s(self) -> float:
+        return self._leeway
+
+    def verify(self, token: str) -> Identity:
+        if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise AuthError("invalid token")
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=self._algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options=self._options,
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.InvalidTokenError:
+            raise AuthError("invalid token") from None
+        user = claims.get(self._user_claim)
+        if user is None and self._user_claim != "sub":
+            user = claims.get("sub")
+        if not isinstance(user, str) or not user or len(user) > 256:
+            raise AuthError("token names no user")
+        exp = claims["exp"]
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise AuthError("invalid token")
+        return Identity(user_id=user, expires_at=float(exp))
+
+
+def mint_token(
+    user_id: str,
+    *,
+    secret: str,
+    ttl_s: int,
+    now: float,
+    algorithm: str = "HS256",
+    audience: str | None = None,
+    issuer: str | None = None,
+    user_claim: str = "userId",
+) -> str:
+    """An HS256 token for development and tests (`realtime-sync token`)."""
+    claims: dict[str, Any] = {
+        "sub": user_id,
+        user_claim: user_id,
+        "iat": int(now),
+        "exp": int(now) + ttl_s,
+    }
+    if audience:
+        claims["aud"] = audience
+    if issuer:
+        claims["iss"] = issuer
+    return jwt.encode(claims, secret, algorithm=algorithm)

@@ -1,0 +1,180 @@
+"""Parsing and validating inbound task events, and encoding the outgoing frame."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+ACTIONS: Final[dict[str, str]] = {
+    "TASK_ADDED": "task_created",
+    "TASK_CHANGED": "task_updated",
+    "TASK_STATUS_CHANGED": "task_status_changed",
+    "TASK_REMOVED": "task_deleted",
+    "TASK_RESTORED": "task_restored",
+}
+UNKNOWN_ACTION: Final = "task_unknown_event"
+MAX_ID_LENGTH: Final = 256
+
+TaskId = int | str
+
+
+class InvalidEvent(ValueError):
+    """Event data that can never be processed: answered DROP, with this reason logged."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """One validated task change, ready to route."""
+
+    event_id: str
+    event_type: str
+    user_id: str
+    task_id: TaskId
+    data: dict[str, Any] | None
+    timestamp: str
+    metadata: dict[str, Any]
+    shared_with: tuple[str, ...] | None
+
+    @property
+    def action(self) -> str:
+        return ACTIONS.get(self.event_type, UNKNOWN_ACTION)
+
+    @property
+    def task_key(self) -> str:
+        """The string form of the task id: task ids match, and keys are built, by it."""
+        return task_key(self.task_id)
+
+
+def task_key(task_id: TaskId) -> str:
+    return str(task_id)
+
+
+def is_task_id(value: object) -> bool:
+    """An integer (not a bool) or a non-empty string of bounded length."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
+
+
+def _require_str(payload: dict[str, Any], name: str) -> str:
+    value = payload.get(name)
+    if value is None:
+        raise InvalidEvent(f"missing required field {name!r}")
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
+        raise InvalidEvent(f"field {name!r} must be a non-empty string")
+    return value
+
+
+def parse_event(
+    raw: bytes,
+    *,
+    cloudevent_id: str,
+    received_at: datetime,
+    traceparent: str | None = None,
+) -> TaskEvent:
+    """Validate the CloudEvent's data bytes (JSON whatever the content type says).
+
+    Raises InvalidEvent with a short reason for anything that can never be processed.
+    """
+    if not raw:
+        raise InvalidEvent("empty data")
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidEvent("data is not JSON") from None
+    if not isinstance(payload, dict):
+        raise InvalidEvent("data is not a JSON object")
+
+    event_type = _require_str(payload, "type")
+    user_id = _require_str(payload, "user_id")
+    if "task_id" not in payload or payload["task_id"] is None:
+        raise InvalidEvent("missing required field 'task_id'")
+    task_id = payload["task_id"]
+    if not is_task_id(task_id):
+        raise InvalidEvent("field 'task_id' must be an integer or a non-empty string")
+
+    event_id = payload.get("id")
+    if event_id is None:
+        event_id = cloudevent_id
+    elif isinstance(event_id, int) and not isinstance(event_id, bool):
+        event_id = str(event_id)
+    if not isinstance(event_id, str) or not event_id or len(event_id) > MAX_ID_LENGTH:
+        raise InvalidEvent("field 'id' must be a non-empty string (or absent)")
+
+    data = payload.get("data")
+    if data is not None and not isinstance(data, dict):
+        raise InvalidEvent("field 'data' must be an object")
+
+    timestamp = payload.get("timestamp")
+    if timestamp is None:
+        timestamp = received_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    elif not isinstance(timestamp, str):
+        raise InvalidEvent("field 'timestamp' must be an ISO 8601 string")
+
+    metadata = payload.get("metadata")
+    if metadata is None:
+        metadata = {}
+    elif not isinstance(metadata, dict):
+        raise InvalidEvent("field 'metadata' must be an object")
+
+    shared_with: tuple[str, ...] | None = None
+    if "shared_with" in metadata:
+        shares = metadata["shared_with"]
+        if not isinstance(shares, list) or not all(
+            isinstance(u, str) and u and len(u) <= MAX_ID_LENGTH for u in shares
+        ):
+            raise InvalidEvent("field 'metadata.shared_with' must be a list of user id strings")
+        shared_with = tuple(dict.fromkeys(shares))
+
+    if traceparent and "traceparent" not in metadata:
+        metadata = {**metadata, "traceparent": traceparent}
+
+    return TaskEvent(
+        event_id=event_id,
+        event_type=event_type,
+        user_id=user_id,
+        task_id=task_id,
+        data=data,
+        timestamp=timestamp,
+        metadata=metadata,
+        shared_with=shared_with,
+    )
+
+
+def encode_update(event: TaskEvent) -> bytes:
+    """The one serialisation of an event, written as-is to every target connection."""
+    return orjson.dumps(
+        {
+            "type": "task_update",
+            "action": event.action,
+            "event_type": event.event_type,
+            "event_id": event.event_id,
+            "task_id": event.task_id,
+            "user_id": event.user_id,
+            "data": event.data,
+            "timestamp": event.timestamp,
+            "metadata": event.metadata,
+        }
+    )
+
+
+def parse_cloudevent_time(value: object) -> datetime | None:
+    """The envelope's `time` (RFC 3339, stamped by daprd at publish), or None if unusable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed

@@ -1,0 +1,111 @@
+"""Who receives an event: the owner and the shared users, on subscribed connections only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Generic, Protocol, TypeVar
+
+
+class Subscriptions:
+    """What one connection is subscribed to: everything, and/or a set of task keys."""
+
+    __slots__ = ("all", "tasks")
+
+    def __init__(self) -> None:
+        self.all = False
+        self.tasks: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.tasks) + (1 if self.all else 0)
+
+    def matches(self, task_key: str) -> bool:
+        return self.all or task_key in self.tasks
+
+    def add(self, task_key: str | None) -> None:
+        if task_key is None:
+            self.all = True
+        else:
+            self.tasks.add(task_key)
+
+    def remove(self, task_key: str | None) -> None:
+        if task_key is None:
+            self.all = False
+        else:
+            self.tasks.discard(task_key)
+
+    def clear(self) -> None:
+        self.all = False
+        self.tasks.clear()
+
+    def describe(self) -> list[str]:
+        return (["*"] if self.all else []) + sorted(self.tasks)
+
+
+class Routable(Protocol):
+    @property
+    def connection_id(self) -> str: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def subscriptions(self) -> Subscriptions: ...
+
+
+C = TypeVar("C", bound=Routable)
+
+
+def recipients(owner: str, shares: Iterable[str]) -> list[str]:
+    """The users who may see a task: its owner and its share list, each once."""
+    return list(dict.fromkeys([owner, *shares]))
+
+
+class Registry(Generic[C]):
+    """The open connections of this replica, indexed by id and by user."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, C] = {}
+        self._by_user: dict[str, dict[str, C]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[C]:
+        return iter(list(self._by_id.values()))
+
+    @property
+    def user_count(self) -> int:
+        return len(self._by_user)
+
+    def get(self, connection_id: str) -> C | None:
+        return self._by_id.get(connection_id)
+
+    def add(self, conn: C) -> None:
+        self._by_id[conn.connection_id] = conn
+        self._by_user.setdefault(conn.user_id, {})[conn.connection_id] = conn
+
+    def remove(self, conn: C) -> bool:
+        if self._by_id.pop(conn.connection_id, None) is None:
+            return False
+        conns = self._by_user.get(conn.user_id)
+        if conns is not None:
+            conns.pop(conn.connection_id, None)
+            if not conns:
+                del self._by_user[conn.user_id]
+        return True
+
+    def count_for(self, user_id: str) -> int:
+        return len(self._by_user.get(user_id, ()))
+
+    def of_user(self, user_id: str) -> list[C]:
+        return list(self._by_user.get(user_id, {}).values())
+
+    def targets(self, users: Iterable[str], task_key: str) -> list[C]:
+        """Connections of these users that are subscribed to this task (or to all)."""
+        found: list[C] = []
+        for user in users:
+            conns = self._by_user.get(user)
+            if conns:
+                found.extend(c for c in conns.values() if c.subscriptions.matches(task_key))
+        return found
+
+    def subscription_count(self) -> int:
+        return sum(len(c.subscriptions) for c in self._by_id.values())

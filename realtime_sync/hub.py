@@ -1,0 +1,235 @@
+"""The event loop side of delivery: hand-off queue → route → fan-out.
+
+gRPC handler threads hand each parsed event over as a Handoff. One crossing into the
+loop (call_soon_threadsafe), one back (the concurrent Future's result). A capacity
+semaphore, taken in the thread with a short wait, keeps the asyncio queue bounded; a
+hand-off the thread gave up on is never routed late (its claim is checked under a lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from realtime_sync.connection import ClientConnection
+from realtime_sync.core.dedupe import SeenIds
+from realtime_sync.core.events import TaskEvent, encode_update
+from realtime_sync.core.outcomes import CloseCode, Verdict
+from realtime_sync.core.protocol import Subscribe
+from realtime_sync.core.resume import Buffered, ResumeBuffers
+from realtime_sync.core.routing import Registry, recipients
+from realtime_sync.metrics import Metrics
+from realtime_sync.state import ShareLists, StateUnavailable
+
+log = logging.getLogger(__name__)
+ROUTE_WORKERS = 32
+
+
+class Claim(enum.Enum):
+    PENDING = "pending"
+    TAKEN = "taken"
+    ABANDONED = "abandoned"
+
+
+@dataclass(slots=True, eq=False)
+class Handoff:
+    """One event crossing from a gRPC thread into the loop."""
+
+    event: TaskEvent
+    published_at: float | None
+    result: concurrent.futures.Future[Verdict] = field(default_factory=concurrent.futures.Future)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    claim: Claim = Claim.PENDING
+
+    def abandon(self) -> bool:
+        """Called by the thread after its wait ran out: True if the loop never took it."""
+        with self.lock:
+            if self.claim is Claim.PENDING:
+                self.claim = Claim.ABANDONED
+                return True
+            return False
+
+    def take(self) -> bool:
+        with self.lock:
+            if self.claim is Claim.ABANDONED:
+                return False
+            self.claim = Claim.TAKEN
+            return True
+
+
+class Hub:
+    """Routing state of this replica: connections, seen event ids, resume buffers."""
+
+    def __init__(
+        self,
+        *,
+        shares: ShareLists,
+        metrics: Metrics,
+        queue_size: int,
+        dedupe_window_s: float,
+        dedupe_max_ids: int,
+        resume_window_s: float,
+        resume_max_events: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry: Registry[ClientConnection] = Registry()
+        self.shares = shares
+        self.metrics = metrics
+        self.seen = SeenIds(window_s=dedupe_window_s, max_ids=dedupe_max_ids)
+        self.buffers = ResumeBuffers(window_s=resume_window_s, max_events=resume_max_events)
+        self.clock = clock
+        self.queue: asyncio.Queue[Handoff] = asyncio.Queue(maxsize=queue_size)
+        self.capacity = threading.BoundedSemaphore(queue_size)
+        self.loop = asyncio.get_running_loop()
+        self.draining = False
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- from gRPC threads -------------------------------------------------------------
+
+    def offer(self, handoff: Handoff, wait_s: float) -> bool:
+        """Thread side: enqueue, waiting up to wait_s for room. False = full (RETRY)."""
+        if not self.capacity.acquire(timeout=wait_s):
+            return False
+        try:
+            self.loop.call_soon_threadsafe(self._enqueue, handoff)
+        except RuntimeError:  # loop closed: shutting down
+            self.capacity.release()
+            return False
+        return True
+
+    def _enqueue(self, handoff: Handoff) -> None:
+        self.queue.put_nowait(handoff)  # never full: the semaphore holds the bound
+        self.metrics.handoff_depth.set(self.queue.qsize())
+        self._idle.clear()
+
+    # -- on the loop -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Route hand-offs forever with a few concurrent workers (state lookups overlap)."""
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(ROUTE_WORKERS):
+                tg.create_task(self._worker())
+            tg.create_task(self._housekeeping())
+
+    async def _worker(self) -> None:
+        while True:
+            handoff = await self.queue.get()
+            self._busy += 1
+            try:
+                if not handoff.take():
+                    continue
+                try:
+                    verdict = await self.route(handoff.event, handoff.published_at)
+                except StateUnavailable as exc:
+                    log.warning(
+                        "routing failed; answering RETRY",
+                        extra={"event_id": handoff.event.event_id, "reason": str(exc)},
+                    )
+                    verdict = Verdict.RETRY
+                except Exception:
+                    log.exception(
+                        "routing crashed; answering RETRY",
+                        extra={"event_id": handoff.event.event_id},
+                    )
+                    verdict = Verdict.RETRY
+                handoff.result.set_result(verdict)
+            finally:
+                self._busy -= 1
+                self.capacity.release()
+                self.queue.task_done()
+                self.metrics.handoff_depth.set(self.queue.qsize())
+                if self.queue.empty() and self._busy == 0:
+                    self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until every queued hand-off has been routed (used by the drain)."""
+        await self._idle.wait()
+
+    async def route(self, event: TaskEvent, published_at: float | None) -> Verdict:
+        """Route one event to every subscribed connection of its owner and shares.
+
+        State is read (and written) before anything is delivered, so a state failure
+        answers RETRY having sent nothing; the id is remembered only once delivered.
+        """
+        now = self.clock()
+        if self.seen.seen(event.event_id, now):
+            self.metrics.events_duplicate.inc()
+            return Verdict.SUCCESS
+        key = event.task_key
+        if event.shared_with is not None:
+            await self.shares.put(key, event.shared_with)
+            shared: tuple[str, ...] = event.shared_with
+        else:
+            cached = self.shares.cached(key)
+            shared = cached if cached is not None else await self.shares.get(key)
+            now = self.clock()
+            if self.seen.seen(event.event_id, now):  # routed by another worker meanwhile
+                self.metrics.events_duplicate.inc()
+                return Verdict.SUCCESS
+        frame = encode_update(event)
+        users = recipients(event.user_id, shared)
+        entry = Buffered(event.event_id, key, frame, now)
+        for user in users:
+            self.buffers.append(user, entry)
+        sent = 0
+        for conn in self.registry.targets(users, key):
+            if conn.send(frame):
+                sent += 1
+        self.seen.add(event.event_id, now)
+        if sent:
+            self.metrics.messages_sent.inc(sent)
+            self.metrics.bytes_sent.inc(sent * len(frame))
+            if published_at is not None:
+                self.metrics.delivery_latency.observe(max(0.0, time.time() - published_at))
+        return Verdict.SUCCESS
+
+    def resume(self, conn: ClientConnection, msg: Subscribe) -> list[bytes] | None:
+        """Frames this connection missed after msg.since for this subscription, or None."""
+        assert msg.since is not None
+        if msg.all:
+
+            def matches(task_key: str) -> bool:
+                return True
+        else:
+            wanted = msg.task_key
+
+            def matches(task_key: str) -> bool:
+                return task_key == wanted
+
+        frames = self.buffers.since(conn.user_id, msg.since, self.clock(), matches)
+        self.metrics.resume.labels("recovered" if frames is not None else "not_recovered").inc()
+        return frames
+
+    # -- connections -------------------------------------------------------------------
+
+    def register(self, conn: ClientConnection) -> None:
+        self.registry.add(conn)
+        self._update_gauges()
+
+    def unregister(self, conn: ClientConnection) -> None:
+        if self.registry.remove(conn):
+            self._update_gauges()
+
+    def on_close(self, conn: ClientConnection, code: CloseCode) -> None:
+        self.metrics.closes.labels(str(int(code))).inc()
+        self.unregister(conn)
+
+    def _update_gauges(self) -> None:
+        self.metrics.connections.set(len(self.registry))
+        self.metrics.users.set(self.registry.user_count)
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            now = self.clock()
+            self.buffers.purge(now)
+            self.seen.expire(now)
+            self.metrics.subscriptions.set(self.registry.subscription_count())

@@ -1,0 +1,80 @@
+"""Prometheus metrics, named realtime_sync_* (after Centrifugo's set)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """All metrics of one service instance, in their own registry."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.connections = Gauge(
+            "realtime_sync_connections", "Open WebSocket connections", registry=r
+        )
+        self.users = Gauge("realtime_sync_users", "Users with an open connection", registry=r)
+        self.subscriptions = Gauge(
+            "realtime_sync_subscriptions", "Subscriptions over all connections", registry=r
+        )
+        self.events = Counter(
+            "realtime_sync_events_received",
+            "Pub/sub events by type and the answer given to Dapr",
+            ["type", "outcome"],
+            registry=r,
+        )
+        self.events_stale = Counter(
+            "realtime_sync_events_stale",
+            "Events acknowledged without push: older than the resume window on arrival",
+            registry=r,
+        )
+        self.events_duplicate = Counter(
+            "realtime_sync_events_duplicate",
+            "Redelivered event ids acknowledged without sending again",
+            registry=r,
+        )
+        self.messages_sent = Counter(
+            "realtime_sync_messages_sent", "Frames queued or written to clients", registry=r
+        )
+        self.bytes_sent = Counter(
+            "realtime_sync_bytes_sent", "Bytes of frames queued or written to clients", registry=r
+        )
+        self.closes = Counter(
+            "realtime_sync_closes",
+            "Connections closed by the server, by code",
+            ["code"],
+            registry=r,
+        )
+        self.handshakes_refused = Counter(
+            "realtime_sync_handshakes_refused",
+            "Handshakes refused before the upgrade, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.resume = Counter(
+            "realtime_sync_resume", "Subscribes with `since`, by result", ["result"], registry=r
+        )
+        self.handoff_depth = Gauge(
+            "realtime_sync_handoff_queue_depth", "Events waiting for the event loop", registry=r
+        )
+        self.state_latency = Histogram(
+            "realtime_sync_state_call_seconds",
+            "Latency of Dapr state store calls",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.state_errors = Counter(
+            "realtime_sync_state_errors", "Failed Dapr state store calls", ["op"], registry=r
+        )
+        self.delivery_latency = Histogram(
+            "realtime_sync_delivery_latency_seconds",
+            "From the event's publish time (CloudEvent time) to the socket write",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

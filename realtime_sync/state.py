@@ -1,0 +1,296 @@
+"""The Dapr state shell: share lists (cached, read in bulk) and connection records.
+
+Every call has a deadline (DAPR_TIMEOUT_S) and every failure becomes StateUnavailable,
+which the hub turns into RETRY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import orjson
+
+from realtime_sync.metrics import Metrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+SHARES_PREFIX = "shares:"
+CONNECTION_PREFIX = "connection:"
+MAX_CACHED_SHARE_LISTS = 100_000
+ETAG_ATTEMPTS = 5
+
+
+class StateUnavailable(Exception):
+    """The state store (or the sidecar in front of it) failed or timed out."""
+
+
+class ConflictError(Exception):
+    """An ETag-guarded write lost to a concurrent writer every time it was tried."""
+
+
+def parse_share_list(raw: bytes) -> tuple[str, ...]:
+    """A stored share list; anything that is not a list of strings counts as empty."""
+    if not raw:
+        return ()
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        log.warning("share list in the state store is not JSON; treated as empty")
+        return ()
+    if not isinstance(value, list):
+        return ()
+    return tuple(dict.fromkeys(v for v in value if isinstance(v, str) and v))
+
+
+class DaprState:
+    """Thin typed wrapper over the aio DaprClient for what this service stores."""
+
+    def __init__(self, *, store: str, timeout_s: float, metrics: Metrics) -> None:
+        self._store = store
+        self._timeout = timeout_s
+        self._metrics = metrics
+        self._client: Any = None
+        self._connected = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    async def connect(self) -> None:
+        """Wait for the sidecar without blocking the loop, then build the client.
+
+        The DaprClient constructor polls the sidecar's health with a blocking HTTP call;
+        awaiting the aiohttp-based probe first makes that constructor return at once.
+        """
+        from dapr.aio.clients import DaprClient  # noqa: PLC0415 - heavy import, shell only
+        from dapr.aio.clients.health import DaprHealth  # noqa: PLC0415
+
+        while True:
+            try:
+                await DaprHealth.wait_for_sidecar()
+                break
+            except Exception as exc:  # noqa: BLE001 - keep waiting; logged with its cause
+                log.warning("Dapr sidecar not reachable yet", extra={"error": str(exc)})
+                await asyncio.sleep(1.0)
+        self._client = DaprClient()
+        self._connected.set()
+        log.info("connected to the Dapr sidecar")
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    @asynccontextmanager
+    async def _call(self, op: str) -> AsyncIterator[Any]:
+        if self._client is None:
+            self._metrics.state_errors.labels(op).inc()
+            raise StateUnavailable("not connected to the Dapr sidecar yet")
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timeout):
+                yield self._client
+        except StateUnavailable:
+            raise
+        except TimeoutError:
+            self._metrics.state_errors.labels(op).inc()
+            raise StateUnavailable(f"state {op} timed out after {self._timeout:g} s") from None
+        except Exception as exc:
+            self._metrics.state_errors.labels(op).inc()
+            raise StateUnavailable(f"state {op} failed: {_describe(exc)}") from exc
+        finally:
+            self._metrics.state_latency.labels(op).observe(time.perf_counter() - started)
+
+    async def get(self, key: str) -> tuple[bytes, str]:
+        async with self._call("get") as client:
+            resp = await client.get_state(self._store, key)
+        return bytes(resp.data), str(resp.etag)
+
+    async def get_bulk(self, keys: Sequence[str]) -> dict[str, bytes]:
+        async with self._call("get_bulk") as client:
+            resp = await client.get_bulk_state(self._store, list(keys), parallelism=4)
+        found: dict[str, bytes] = {}
+        for item in resp.items:
+            if item.error:
+                raise StateUnavailable(f"bulk get of one key failed: {item.error}")
+            found[item.key] = bytes(item.data)
+        return found
+
+    async def save(self, key: str, value: bytes, *, etag: str | None = None) -> None:
+        """Save; with an etag, first-write semantics (a stale etag raises ConflictError)."""
+        from dapr.clients.grpc._state import (  # noqa: PLC0415
+            Concurrency,
+            StateOptions,
+        )
+
+        options = StateOptions(concurrency=Concurrency.first_write) if etag is not None else None
+        try:
+            async with self._call("save") as client:
+                await client.save_state(self._store, key, value, etag=etag or None, options=options)
+        except StateUnavailable as exc:
+            if etag is not None and _is_etag_conflict(exc.__cause__):
+                raise ConflictError(key) from None
+            raise
+
+    async def save_many(self, items: Sequence[tuple[str, bytes]], *, ttl_s: int) -> None:
+        from dapr.clients.grpc._state import StateItem  # noqa: PLC0415
+
+        if not items:
+            return
+        states = [
+            StateItem(key=k, value=v, metadata={"ttlInSeconds": str(ttl_s)}) for k, v in items
+        ]
+        async with self._call("save_bulk") as client:
+            await client.save_bulk_state(self._store, states)
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        from dapr.clients.grpc._request import (  # noqa: PLC0415
+            TransactionalStateOperation,
+            TransactionOperationType,
+        )
+
+        if not keys:
+            return
+        ops = [
+            TransactionalStateOperation(key=k, operation_type=TransactionOperationType.delete)
+            for k in keys
+        ]
+        async with self._call("delete") as client:
+            await client.execute_state_transaction(self._store, ops)
+
+
+def _describe(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    if callable(code):
+        try:
+            return f"{code().name}: {exc.details()}"  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001, S110 - best-effort description only
+            pass
+    return type(exc).__name__
+
+
+def _is_etag_conflict(cause: BaseException | None) -> bool:
+    """daprd answers ABORTED for a stale etag; the aio save_state wraps it."""
+    seen = 0
+    while cause is not None and seen < 4:
+        text = str(cause).lower()
+        if "etag" in text or "aborted" in text:
+            return True
+        code = getattr(cause, "code", None)
+        if callable(code):
+            try:
+                if getattr(code(), "name", "") == "ABORTED":
+                    return True
+            except Exception:  # noqa: BLE001, S110 - keep looking down the chain
+                pass
+        cause = cause.__cause__
+        seen += 1
+    return False
+
+
+class ShareLists:
+    """`shares:{task_id}` lookups: cached for SHARES_CACHE_S, misses batched into one
+    bulk read per loop tick, single-flight per key."""
+
+    def __init__(self, state: DaprState, *, cache_s: float, clock: Callable[[], float]) -> None:
+        self._state = state
+        self._cache_s = cache_s
+        self._clock = clock
+        self._cache: OrderedDict[str, tuple[tuple[str, ...], float]] = OrderedDict()
+        self._pending: dict[str, asyncio.Future[tuple[str, ...]]] = {}
+        self._flush_scheduled = False
+
+    def cached(self, task_key: str) -> tuple[str, ...] | None:
+        hit = self._cache.get(task_key)
+        if hit is not None and self._clock() - hit[1] <= self._cache_s:
+            return hit[0]
+        return None
+
+    def remember(self, task_key: str, users: Sequence[str]) -> None:
+        self._cache[task_key] = (tuple(users), self._clock())
+        self._cache.move_to_end(task_key)
+        while len(self._cache) > MAX_CACHED_SHARE_LISTS:
+            self._cache.popitem(last=False)
+
+    async def get(self, task_key: str) -> tuple[str, ...]:
+        hit = self.cached(task_key)
+        if hit is not None:
+            return hit
+        fut = self._pending.get(task_key)
+        if fut is None:
+            fut = self._pending[task_key] = asyncio.get_running_loop().create_future()
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._start_flush)
+        return await asyncio.shield(fut)
+
+    def _start_flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._pending = self._pending, {}
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._flush(batch))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+    async def _flush(self, batch: dict[str, asyncio.Future[tuple[str, ...]]]) -> None:
+        keys = list(batch)
+        try:
+            if len(keys) == 1:
+                raw, _ = await self._state.get(SHARES_PREFIX + keys[0])
+                found = {SHARES_PREFIX + keys[0]: raw}
+            else:
+                found = await self._state.get_bulk([SHARES_PREFIX + k for k in keys])
+        except StateUnavailable as exc:
+            for fut in batch.values():
+                if not fut.done():
+                    fut.set_exception(exc)
+                    fut.exception()  # mark retrieved: a waiter may have given up
+            return
+        for key, fut in batch.items():
+            users = parse_share_list(found.get(SHARES_PREFIX + key, b""))
+            self.remember(key, users)
+            if not fut.done():
+                fut.set_result(users)
+
+    async def put(self, task_key: str, users: Sequence[str]) -> None:
+        """Replace a share list (last writer wins), skipping a write that changes nothing."""
+        users = tuple(dict.fromkeys(users))
+        if self.cached(task_key) == users:
+            return
+        await self._state.save(SHARES_PREFIX + task_key, orjson.dumps(list(users)))
+        self.remember(task_key, users)
+
+    async def replace_guarded(self, task_key: str, users: Sequence[str]) -> tuple[str, ...]:
+        """Replace a share list with an ETag-guarded write, retried on conflicts."""
+        users = tuple(dict.fromkeys(users))
+        for _ in range(ETAG_ATTEMPTS):
+            _, etag = await self._state.get(SHARES_PREFIX + task_key)
+            try:
+                await self._state.save(
+                    SHARES_PREFIX + task_key, orjson.dumps(list(users)), etag=etag or None
+                )
+            except ConflictError:
+                await asyncio.sleep(0.01)
+                continue
+            self.remember(task_key, users)
+            return users
+        raise ConflictError(task_key)
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+async def with_retries(op: Callable[[], Awaitable[T]], attempts: int, delay_s: float) -> T:
+    """Run op, retrying StateUnavailable a few times with a fixed delay."""
+    for _ in range(attempts - 1):
+        try:
+            return await op()
+        except StateUnavailable:
+            await asyncio.sleep(delay_s)
+    return await op()

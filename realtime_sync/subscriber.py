@@ -1,0 +1,244 @@
+"""The gRPC shell toward daprd: a dapr.ext.grpc App subscribed to the task topic.
+
+Handlers run on the App's worker threads. Each event is parsed here (pure), then handed
+to the event loop (see hub.Handoff) and answered with the verdict. Nothing a handler does
+escapes as a gRPC error: daprd would treat UNKNOWN as retry, and UNIMPLEMENTED as acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hmac
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import grpc
+import orjson
+from dapr.ext.grpc import App, InvokeMethodRequest, SubscriptionMessage, TopicEventResponse
+
+from realtime_sync.config import Settings
+from realtime_sync.core.events import InvalidEvent, is_task_id, parse_cloudevent_time, parse_event
+from realtime_sync.core.outcomes import Verdict
+from realtime_sync.hub import Handoff, Hub
+from realtime_sync.metrics import Metrics
+from realtime_sync.state import ConflictError, StateUnavailable
+
+log = logging.getLogger(__name__)
+LIST_SUBSCRIPTIONS: Final = "/dapr.proto.runtime.v1.AppCallback/ListTopicSubscriptions"
+ON_INVOKE: Final = "/dapr.proto.runtime.v1.AppCallback/OnInvoke"
+MAX_GRPC_MESSAGE: Final = 4 * 1024 * 1024
+
+
+class InvalidRequest(ValueError):
+    """A malformed service-invocation request: answered INVALID_ARGUMENT."""
+
+
+class Unavailable(RuntimeError):
+    """A dependency failed during a service invocation: answered UNAVAILABLE."""
+
+
+def _abort(code: grpc.StatusCode, details: str) -> Any:
+    def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, details)
+
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+class AppChannelInterceptor(grpc.ServerInterceptor):
+    """Checks daprd's `dapr-api-token` (constant time), notes ListTopicSubscriptions,
+    and maps service-invocation errors to gRPC status codes."""
+
+    def __init__(self, app_api_token: str, on_subscriptions_listed: Callable[[], None]) -> None:
+        self._token = app_api_token.encode()
+        self._on_listed = on_subscriptions_listed
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
+        if self._token:
+            sent = ""
+            for key, value in details.invocation_metadata or ():
+                if key == "dapr-api-token":
+                    sent = value if isinstance(value, str) else value.decode(errors="replace")
+            if not hmac.compare_digest(sent.encode(), self._token):
+                return _abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong dapr-api-token")
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        if details.method == LIST_SUBSCRIPTIONS:
+            return self._wrap(handler, after=self._on_listed)
+        if details.method == ON_INVOKE:
+            return self._wrap(handler)
+        return handler
+
+    @staticmethod
+    def _wrap(handler: Any, after: Callable[[], None] | None = None) -> Any:
+        inner = handler.unary_unary
+
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                response = inner(request, context)
+            except InvalidRequest as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except Unavailable as exc:
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            if after is not None:
+                after()
+            return response
+
+        return grpc.unary_unary_rpc_method_handler(
+            call,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class Subscriber:
+    """Owns the App: registers the topic handler and the invocation methods."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        hub: Hub,
+        metrics: Metrics,
+        loop: asyncio.AbstractEventLoop,
+        on_subscriptions_listed: Callable[[], None],
+    ) -> None:
+        self._s = settings
+        self._hub = hub
+        self._metrics = metrics
+        self._loop = loop
+        self.draining = False
+        self.app = App(
+            thread_pool=ThreadPoolExecutor(
+                max_workers=settings.app_workers, thread_name_prefix="dapr-app"
+            ),
+            interceptors=[AppChannelInterceptor(settings.app_api_token, on_subscriptions_listed)],
+            options=[
+                ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
+                ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
+            ],
+        )
+        self.app.subscribe(
+            settings.pubsub_name,
+            settings.topic_name,
+            dead_letter_topic=settings.dead_letter_topic,
+        )(self.on_event)
+        self.app.method("set_task_shares")(self.set_task_shares)
+        self.app.register_health_check(self._health)
+        self.port = 0
+
+    def start(self) -> int:
+        """Bind and start serving (non-blocking); returns the bound port."""
+        server = self.app._server  # noqa: SLF001 - the App exposes no non-blocking run
+        self.port = server.add_insecure_port(f"{self._s.app_host}:{self._s.app_port}")
+        if not self.port:
+            raise OSError(f"cannot bind the gRPC app port {self._s.app_port}")
+        server.start()
+        return self.port
+
+    def stop(self, grace_s: float) -> None:
+        """Stop accepting calls; let in-flight handlers finish within grace_s."""
+        self.app._server.stop(grace_s).wait()  # noqa: SLF001 - App.stop() is stop(0)
+
+    def _health(self) -> None:
+        if self.draining:
+            raise RuntimeError("draining")
+
+    # -- pub/sub -------------------------------------------------------------------------
+
+    def on_event(self, message: SubscriptionMessage) -> TopicEventResponse:
+        try:
+            verdict, event_type = self._handle(message)
+        except Exception:
+            log.exception("event handler failed; answering RETRY")
+            verdict, event_type = Verdict.RETRY, "unknown"
+        self._metrics.events.labels(event_type, verdict.value).inc()
+        return TopicEventResponse(verdict.value)
+
+    def _handle(self, message: SubscriptionMessage) -> tuple[Verdict, str]:
+        extensions: dict[str, Any] = message.extensions() or {}
+        received = datetime.now(UTC)
+        traceparent = extensions.get("traceparent")
+        try:
+            event = parse_event(
+                message.raw_data() or b"",
+                cloudevent_id=str(message.id() or ""),
+                received_at=received,
+                traceparent=traceparent if isinstance(traceparent, str) else None,
+            )
+        except InvalidEvent as exc:
+            log.warning(
+                "event dropped", extra={"cloudevent_id": message.id(), "reason": exc.reason}
+            )
+            return Verdict.DROP, "invalid"
+        label = event.event_type if event.action != "task_unknown_event" else "other"
+        if self.draining:
+            return Verdict.RETRY, label
+        published = parse_cloudevent_time(extensions.get("time"))
+        if published is not None:
+            age = (received - published).total_seconds()
+            if age > self._s.resume_window_s:
+                self._metrics.events_stale.inc()
+                log.info(
+                    "stale event acknowledged without push",
+                    extra={"event_id": event.event_id, "age_s": round(age, 1)},
+                )
+                return Verdict.SUCCESS, label
+        handoff = Handoff(event, published.timestamp() if published else None)
+        if not self._hub.offer(handoff, self._s.handoff_wait_s):
+            log.warning("hand-off queue full; answering RETRY", extra={"event_id": event.event_id})
+            return Verdict.RETRY, label
+        try:
+            return handoff.result.result(timeout=self._s.handler_timeout_s), label
+        except concurrent.futures.TimeoutError:
+            if handoff.abandon():
+                log.warning(
+                    "routing timed out; answering RETRY", extra={"event_id": event.event_id}
+                )
+                return Verdict.RETRY, label
+            # The loop took it: wait it out (its state calls have their own deadlines).
+            return handoff.result.result(), label
+
+    # -- service invocation --------------------------------------------------------------
+
+    def _run_on_loop(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout=self._s.handler_timeout_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise Unavailable("timed out") from None
+
+    def set_task_shares(self, request: InvokeMethodRequest) -> str:
+        """`{"task_id": …, "user_ids": [...]}` → replaces the share list; answers it."""
+        try:
+            body = orjson.loads(request.data or b"")
+        except orjson.JSONDecodeError:
+            raise InvalidRequest("body must be JSON") from None
+        if not isinstance(body, dict):
+            raise InvalidRequest("body must be a JSON object")
+        task_id = body.get("task_id")
+        users = body.get("user_ids")
+        if not is_task_id(task_id):
+            raise InvalidRequest("task_id must be an integer or a non-empty string")
+        if not isinstance(users, list) or not all(isinstance(u, str) and u for u in users):
+            raise InvalidRequest("user_ids must be a list of user id strings")
+        started = time.perf_counter()
+        try:
+            stored = self._run_on_loop(self._hub.shares.replace_guarded(str(task_id), users))
+        except (StateUnavailable, ConflictError) as exc:
+            raise Unavailable(f"could not store the share list: {exc}") from None
+        log.info(
+            "share list replaced",
+            extra={"task_id": str(task_id), "ms": round((time.perf_counter() - started) * 1e3)},
+        )
+        return orjson.dumps({"task_id": task_id, "user_ids": list(stored)}).decode()
