@@ -78,16 +78,12 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     env.setdefault("APP_PORT", "50051")
     env.setdefault("WS_PORT", "8080")
     env.setdefault("LOG_FORMAT", "text")
-    sidecar = subprocess.Popen(
-        [sys.executable, "-m", "realtime_sync.devsidecar"], env=env
-    )
+    sidecar = subprocess.Popen([sys.executable, "-m", "realtime_sync.devsidecar"], env=env)
     service: subprocess.Popen[bytes] | None = None
     try:
         if not _wait_http(f"http://127.0.0.1:{env['DAPR_HTTP_PORT']}/v1.0/healthz", 15):
             return _fail("the dev sidecar did not start (see its log above)")
-        service = subprocess.Popen(
-            [sys.executable, "-m", "realtime_sync", "serve"], env=env
-        )
+        service = subprocess.Popen([sys.executable, "-m", "realtime_sync", "serve"], env=env)
         ws_port = env["WS_PORT"]
         if not _wait_http(f"http://127.0.0.1:{ws_port}/readyz", 30):
             return _fail("the service did not become ready (see its log above)")

@@ -43,5 +43,7 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(numeric)
     # websockets logs request lines (with query strings, hence tokens) at DEBUG: never
     # let it go below INFO. grpc and the Dapr SDK are chatty at DEBUG too.
-    for noisy in ("websockets", "grpc", "dapr", "asyncio"):
+    # Its INFO lines (one per connection and HTTP probe) are noise at scale.
+    logging.getLogger("websockets").setLevel(max(numeric, logging.WARNING))
+    for noisy in ("grpc", "dapr", "asyncio", "aiohttp"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.INFO))

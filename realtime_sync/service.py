@@ -37,6 +37,8 @@ class Service:
         self.metrics = Metrics()
         self.readiness = Readiness()
         self.stopping = asyncio.Event()
+        self._http: aiohttp.ClientSession | None = None
+        self._api_url = ""
 
     async def run(self) -> None:
         s = self.settings
@@ -94,11 +96,15 @@ class Service:
             },
         )
         background: list[asyncio.Task[Any]] = []
+        from dapr.clients.http.helpers import get_api_url  # noqa: PLC0415
+
+        self._api_url = get_api_url()
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SIDECAR_PROBE_S))
         try:
             async with asyncio.TaskGroup() as tg:
                 background += [
                     tg.create_task(hub.run()),
-                    tg.create_task(state.connect()),
+                    tg.create_task(state.connect(self._sidecar_outbound_ready)),
                     tg.create_task(records.run()),
                     tg.create_task(self._probe_sidecar()),
                 ]
@@ -108,6 +114,7 @@ class Service:
                     task.cancel()
         finally:
             await state.close()
+            await self._http.close()
         log.info("realtime-sync stopped")
 
     async def _drain(
@@ -131,24 +138,48 @@ class Service:
                 await records.remove_all()
         log.info("drained", extra={"seconds": round(time.monotonic() - started, 2)})
 
+    async def _sidecar_outbound_ready(self) -> bool:
+        return await self._get_ok("/healthz/outbound")
+
+    async def _get_ok(self, path: str) -> bool:
+        assert self._http is not None
+        try:
+            async with self._http.get(f"{self._api_url}{path}") as resp:
+                return 200 <= resp.status < 300
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def _listed_by_sidecar(self) -> bool:
+        """Does the sidecar's metadata list our subscription? daprd calls
+        ListTopicSubscriptions once per sidecar lifetime, so a restarted app learns that it
+        is subscribed from GET /v1.0/metadata instead."""
+        assert self._http is not None
+        try:
+            async with self._http.get(f"{self._api_url}/metadata") as resp:
+                if resp.status != 200:
+                    return False
+                body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return False
+        subs = body.get("subscriptions") if isinstance(body, dict) else None
+        s = self.settings
+        return isinstance(subs, list) and any(
+            isinstance(x, dict)
+            and x.get("pubsubname") == s.pubsub_name
+            and x.get("topic") == s.topic_name
+            for x in subs
+        )
+
     async def _probe_sidecar(self) -> None:
         """Poll the sidecar's health endpoint: an outage shows on /readyz within ~2 s."""
-        from dapr.clients.http.helpers import get_api_url  # noqa: PLC0415
-
-        url = f"{get_api_url()}/healthz"
-        timeout = aiohttp.ClientTimeout(total=SIDECAR_PROBE_S)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            while True:
-                healthy = False
-                try:
-                    async with session.get(url) as resp:
-                        healthy = 200 <= resp.status < 300
-                except (aiohttp.ClientError, TimeoutError):
-                    healthy = False
-                if healthy != self.readiness.sidecar_ok:
-                    log.info("sidecar health changed", extra={"healthy": healthy})
-                self.readiness.sidecar_ok = healthy
-                await asyncio.sleep(SIDECAR_PROBE_S)
+        while True:
+            healthy = await self._get_ok("/healthz")
+            if healthy != self.readiness.sidecar_ok:
+                log.info("sidecar health changed", extra={"healthy": healthy})
+            self.readiness.sidecar_ok = healthy
+            if healthy and not self.readiness.subscribed and await self._listed_by_sidecar():
+                self.readiness.subscribed = True
+            await asyncio.sleep(SIDECAR_PROBE_S)
 
 
 def run_service(settings: Settings) -> int:

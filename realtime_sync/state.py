@@ -56,30 +56,27 @@ class DaprState:
         self._timeout = timeout_s
         self._metrics = metrics
         self._client: Any = None
-        self._connected = asyncio.Event()
 
     @property
     def connected(self) -> bool:
         return self._client is not None
 
-    async def connect(self) -> None:
+    async def connect(self, sidecar_ready: Callable[[], Awaitable[bool]]) -> None:
         """Wait for the sidecar without blocking the loop, then build the client.
 
         The DaprClient constructor polls the sidecar's health with a blocking HTTP call;
-        awaiting the aiohttp-based probe first makes that constructor return at once.
+        waiting for `sidecar_ready` (an async probe of the same endpoint) first makes that
+        constructor return at once.
         """
         from dapr.aio.clients import DaprClient  # noqa: PLC0415 - heavy import, shell only
-        from dapr.aio.clients.health import DaprHealth  # noqa: PLC0415
 
-        while True:
-            try:
-                await DaprHealth.wait_for_sidecar()
-                break
-            except Exception as exc:  # noqa: BLE001 - keep waiting; logged with its cause
-                log.warning("Dapr sidecar not reachable yet", extra={"error": str(exc)})
-                await asyncio.sleep(1.0)
+        waited = 0
+        while not await sidecar_ready():
+            if waited % 30 == 0:
+                log.warning("waiting for the Dapr sidecar")
+            waited += 1
+            await asyncio.sleep(1.0)
         self._client = DaprClient()
-        self._connected.set()
         log.info("connected to the Dapr sidecar")
 
     async def close(self) -> None:
