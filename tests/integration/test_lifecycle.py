@@ -1,0 +1,193 @@
+"""Failures and lifecycle: state outage → RETRY, SIGTERM drain, the gRPC app surface."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import grpc
+import orjson
+import pytest
+from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
+from google.protobuf import empty_pb2
+from websockets.exceptions import ConnectionClosed
+
+from tests.integration.conftest import ServiceProcess, running_stack
+from tests.integration.harness import wait_until
+
+FAST_RETRY = ["--retry-initial-s", "0.2", "--retry-max-interval-s", "0.5", "--max-retries", "-1"]
+
+
+def replies(stack: ServiceProcess, outcome: str) -> int:
+    counters: dict[str, Any] = stack.sidecar.stats()["topics"].get("task-updates", {})
+    return int(counters.get(outcome, 0))
+
+
+async def test_state_store_failure_answers_retry_then_delivers_once() -> None:
+    with running_stack("state-failure", sidecar_args=FAST_RETRY) as stack:
+        async with stack.client("owner-f") as client:
+            stack.sidecar.set_fault("unavailable")
+            stack.publish({"type": "TASK_ADDED", "user_id": "owner-f", "task_id": 999, "id": "f-1"})
+            wait_until(lambda: replies(stack, "retry") >= 2, 10, message="no RETRY seen")
+            assert await client.silence(0.3) == []
+            stack.sidecar.set_fault(None)
+            [frame] = await client.updates(1, timeout=10)
+            assert frame["event_id"] == "f-1"
+            assert await client.silence(1.0) == []
+        assert stack.metric("realtime_sync_events_received_total", type="TASK_ADDED", outcome="retry") >= 2
+        assert stack.metric("realtime_sync_state_errors_total", op="get") >= 1
+
+
+async def test_a_hung_state_store_answers_retry_within_the_deadline() -> None:
+    with running_stack(
+        "state-hang", sidecar_args=FAST_RETRY, service_env_extra={"DAPR_TIMEOUT_S": "0.5"}
+    ) as stack:
+        async with stack.client("owner-h") as client:
+            stack.sidecar.set_fault("hang")
+            stack.publish({"type": "TASK_ADDED", "user_id": "owner-h", "task_id": 998, "id": "h-1"})
+            wait_until(lambda: replies(stack, "retry") >= 2, 10, message="no RETRY seen")
+            stack.sidecar.set_fault(None)
+            [frame] = await client.updates(1, timeout=15)
+            assert frame["event_id"] == "h-1"
+
+
+async def test_sigterm_closes_clients_1001_and_acks_nothing_undelivered() -> None:
+    with running_stack(
+        "sigterm", sidecar_args=FAST_RETRY, service_env_extra={"DRAIN_S": "0.5"}
+    ) as stack:
+        received: list[str] = []
+        async with stack.client("owner-t") as client:
+            for i in range(50):
+                stack.publish({"type": "TASK_CHANGED", "user_id": "owner-t", "task_id": i, "id": f"t-{i}"})
+            await asyncio.sleep(0.05)
+            assert stack.proc is not None
+            stack.proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            with pytest.raises(ConnectionClosed) as info:
+                while True:
+                    frame = await client.next(timeout=15)
+                    if frame["type"] == "task_update":
+                        received.append(frame["event_id"])
+            assert info.value.rcvd is not None
+            assert info.value.rcvd.code == 1001
+        assert stack.proc.wait(timeout=25) == 0
+        assert time.monotonic() - started < 25
+        acked = replies(stack, "success")
+        assert acked <= len(set(received)), f"acked {acked}, delivered {len(set(received))}"
+        assert len(received) == len(set(received))
+
+
+def grpc_stub(stack: ServiceProcess) -> tuple[grpc.Channel, Any]:
+    channel = grpc.insecure_channel(f"127.0.0.1:{stack.app_port}")
+    return channel, appcallback_pb2_grpc.AppCallbackStub(channel)
+
+
+def topic_event(data: bytes, event_id: str = "grpc-1") -> Any:
+    return appcallback_pb2.TopicEventRequest(
+        id=event_id,
+        source="test",
+        type="com.dapr.event.sent",
+        spec_version="1.0",
+        data_content_type="application/json",
+        data=data,
+        topic="task-updates",
+        pubsub_name="pubsub",
+    )
+
+
+def test_the_app_lists_its_subscription_with_the_dead_letter_topic(stack: ServiceProcess) -> None:
+    channel, stub = grpc_stub(stack)
+    with channel:
+        reply = stub.ListTopicSubscriptions(empty_pb2.Empty(), timeout=5)
+    [sub] = list(reply.subscriptions)
+    assert (sub.pubsub_name, sub.topic, sub.dead_letter_topic) == (
+        "pubsub",
+        "task-updates",
+        "task-updates-deadletter",
+    )
+
+
+def test_on_topic_event_answers_drop_for_bad_data_and_success_for_good(
+    stack: ServiceProcess,
+) -> None:
+    status = appcallback_pb2.TopicEventResponse.TopicEventResponseStatus
+    channel, stub = grpc_stub(stack)
+    with channel:
+        bad = stub.OnTopicEvent(topic_event(b"{oops"), timeout=5)
+        good = stub.OnTopicEvent(
+            topic_event(orjson.dumps({"type": "TASK_ADDED", "user_id": "g", "task_id": 1})),
+            timeout=5,
+        )
+        other_topic = topic_event(b"{}")
+        other_topic.topic = "not-ours"
+        with pytest.raises(grpc.RpcError) as info:
+            stub.OnTopicEvent(other_topic, timeout=5)
+    assert bad.status == status.DROP
+    assert good.status == status.SUCCESS
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def invoke(stack: ServiceProcess, method: str, body: bytes) -> tuple[int, bytes]:
+    url = f"http://127.0.0.1:{stack.sidecar.http_port}/v1.0/invoke/realtime-sync/method/{method}"
+    request = urllib.request.Request(  # noqa: S310 - loopback
+        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def test_set_task_shares_stores_the_list_and_routes_at_once(stack: ServiceProcess) -> None:
+    status, body = invoke(
+        stack, "set_task_shares", orjson.dumps({"task_id": 555, "user_ids": ["inv-b", "inv-b"]})
+    )
+    assert status == 200, body
+    assert orjson.loads(body) == {"task_id": 555, "user_ids": ["inv-b"]}
+    stored = stack.sidecar.get_state("shares:555")
+    assert stored is not None
+    assert orjson.loads(stored) == ["inv-b"]
+    async with stack.client("inv-b") as client:
+        stack.publish({"type": "TASK_CHANGED", "user_id": "inv-a", "task_id": 555})
+        assert len(await client.updates(1)) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"nope", b"[]", b'{"task_id": 1}', b'{"task_id": true, "user_ids": []}', b'{"task_id": 1, "user_ids": [1]}'],
+)
+def test_set_task_shares_refuses_a_malformed_request(stack: ServiceProcess, body: bytes) -> None:
+    status, _ = invoke(stack, "set_task_shares", body)
+    assert status == 400
+
+
+def test_invoking_an_unknown_method_is_not_found(stack: ServiceProcess) -> None:
+    status, _ = invoke(stack, "no_such_method", b"{}")
+    assert status == 404
+
+
+async def test_the_app_token_is_required_on_the_grpc_port() -> None:
+    token = "app-token-for-tests-0123456789"
+    with running_stack(
+        "app-token",
+        service_env_extra={"APP_API_TOKEN": token},
+        sidecar_env={"APP_API_TOKEN": token},
+    ) as stack:
+        async with stack.client("owner-tok") as client:
+            stack.publish({"type": "TASK_ADDED", "user_id": "owner-tok", "task_id": 1})
+            assert len(await client.updates(1)) == 1
+        channel, stub = grpc_stub(stack)
+        with channel:
+            for metadata in ((), (("dapr-api-token", "wrong"),)):
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.ListTopicSubscriptions(empty_pb2.Empty(), metadata=metadata, timeout=5)
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            ok = stub.ListTopicSubscriptions(
+                empty_pb2.Empty(), metadata=(("dapr-api-token", token),), timeout=5
+            )
+            assert len(ok.subscriptions) == 1
