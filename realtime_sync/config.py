@@ -7,6 +7,7 @@ The CLI builds a flag for every row, so the table is also the documentation.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import uuid
@@ -182,6 +183,10 @@ def _convert(setting: Setting, raw: str) -> Any:
         value = setting.parse(raw)
     except ValueError as exc:
         raise SettingsError(f"{setting.env}={raw!r} is not valid: {exc}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SettingsError(f"{setting.env} must be a finite number")
+    if setting.choices and isinstance(value, str):
+        value = value.lower()
     if setting.choices and value not in setting.choices:
         raise SettingsError(f"{setting.env} must be one of {', '.join(setting.choices)}")
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -233,6 +238,8 @@ def load_settings(
             values["jwt_public_key"] = Path(key_file).read_text(encoding="utf-8")
         except OSError as exc:
             raise SettingsError(f"JWT_PUBLIC_KEY_FILE cannot be read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise SettingsError("JWT_PUBLIC_KEY_FILE is not a PEM (text) file") from None
     for name in ("pubsub_name", "topic_name", "state_store_name"):
         if not values[name]:
             env_name = next(s.env for s in SETTINGS if s.name == name)

@@ -1,8 +1,15 @@
-"""Connection records in the state store: `connection:{id}`, written with a TTL.
+"""Connection records and presence in the state store.
 
-Writes are batched: changes mark a record dirty and one bulk save per flush interval
+Keys (all written with `ttlInSeconds`, so a crashed replica's entries expire):
+- `connection:{id}`: one record per open connection (id, user_id, replica, connected_at,
+  last_activity, subscriptions);
+- `presence:{user_id}:{replica}`: the ids of that user's connections on that replica
+  (each replica writes only its own keys: no cross-replica write contention);
+- `replicas`: the live replicas and when each entry lapses (ETag-guarded).
+
+Writes are batched: changes mark entries dirty and one bulk save per flush interval
 writes them, so the write rate follows the number of connections, not the traffic.
-Every live record is rewritten at a third of its TTL; a crashed replica's records expire.
+Every live entry is rewritten at a third of its TTL.
 """
 
 from __future__ import annotations
@@ -11,15 +18,23 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
 from realtime_sync.connection import ClientConnection
-from realtime_sync.state import CONNECTION_PREFIX, DaprState, StateUnavailable
+from realtime_sync.state import (
+    CONNECTION_PREFIX,
+    ConflictError,
+    DaprState,
+    StateUnavailable,
+)
 
 log = logging.getLogger(__name__)
 FLUSH_INTERVAL_S = 1.0
 MAX_BATCH = 500
+PRESENCE_PREFIX = "presence:"
+REPLICAS_KEY = "replicas"
 
 
 def _iso(ts: float) -> str:
@@ -39,29 +54,57 @@ def record_of(conn: ClientConnection, replica: str) -> bytes:
     )
 
 
+def presence_key(user_id: str, replica: str) -> str:
+    return f"{PRESENCE_PREFIX}{user_id}:{replica}"
+
+
+def _json(raw: bytes) -> Any:
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
 class ConnectionRecords:
     def __init__(self, state: DaprState, *, replica: str, ttl_s: int) -> None:
         self._state = state
         self._replica = replica
         self._ttl = ttl_s
         self._live: dict[str, ClientConnection] = {}
+        self._by_user: dict[str, set[str]] = {}
         self._dirty: set[str] = set()
         self._deleted: set[str] = set()
+        self._dirty_users: set[str] = set()
         self._last_refresh = time.monotonic()
+
+    @property
+    def replica(self) -> str:
+        return self._replica
 
     def opened(self, conn: ClientConnection) -> None:
         self._live[conn.connection_id] = conn
+        self._by_user.setdefault(conn.user_id, set()).add(conn.connection_id)
         self._dirty.add(conn.connection_id)
         self._deleted.discard(conn.connection_id)
+        self._dirty_users.add(conn.user_id)
 
     def touched(self, conn: ClientConnection) -> None:
         if conn.connection_id in self._live:
             self._dirty.add(conn.connection_id)
 
     def closed(self, conn: ClientConnection) -> None:
-        if self._live.pop(conn.connection_id, None) is not None:
-            self._dirty.discard(conn.connection_id)
-            self._deleted.add(conn.connection_id)
+        if self._live.pop(conn.connection_id, None) is None:
+            return
+        self._dirty.discard(conn.connection_id)
+        self._deleted.add(conn.connection_id)
+        ids = self._by_user.get(conn.user_id)
+        if ids is not None:
+            ids.discard(conn.connection_id)
+            if not ids:
+                del self._by_user[conn.user_id]
+        self._dirty_users.add(conn.user_id)
 
     async def run(self) -> None:
         while True:
@@ -71,36 +114,114 @@ class ConnectionRecords:
             if time.monotonic() - self._last_refresh >= self._ttl / 3:
                 self._last_refresh = time.monotonic()
                 self._dirty.update(self._live)
+                self._dirty_users.update(self._by_user)
+                await self._announce()
             await self.flush()
+
+    async def start(self) -> None:
+        """Announce this replica (best effort; retried at every refresh)."""
+        await self._announce()
 
     async def flush(self) -> None:
         deleted = list(self._deleted)[:MAX_BATCH]
-        if deleted:
+        empty_users = [u for u in self._dirty_users if u not in self._by_user][:MAX_BATCH]
+        gone = [CONNECTION_PREFIX + c for c in deleted]
+        gone += [presence_key(u, self._replica) for u in empty_users]
+        if gone:
             try:
-                await self._state.delete_many([CONNECTION_PREFIX + c for c in deleted])
+                await self._state.delete_many(gone)
                 self._deleted.difference_update(deleted)
+                self._dirty_users.difference_update(empty_users)
             except StateUnavailable as exc:
                 log.warning("deleting connection records failed", extra={"reason": str(exc)})
-        while self._dirty:
+        while self._dirty or self._dirty_users:
             batch = [self._dirty.pop() for _ in range(min(MAX_BATCH, len(self._dirty)))]
+            users = [
+                u
+                for u in [
+                    self._dirty_users.pop()
+                    for _ in range(min(MAX_BATCH - len(batch), len(self._dirty_users)))
+                ]
+                if u in self._by_user
+            ]
             items = [
                 (CONNECTION_PREFIX + cid, record_of(self._live[cid], self._replica))
                 for cid in batch
                 if cid in self._live
             ]
+            items += [
+                (presence_key(u, self._replica), orjson.dumps(sorted(self._by_user[u])))
+                for u in users
+            ]
             try:
                 await self._state.save_many(items, ttl_s=self._ttl)
             except StateUnavailable as exc:
                 self._dirty.update(c for c in batch if c in self._live)
+                self._dirty_users.update(users)
                 log.warning("saving connection records failed", extra={"reason": str(exc)})
+                return
+
+    async def _announce(self, *, leaving: bool = False) -> None:
+        """Add (or remove) this replica in the `replicas` map, pruning lapsed entries."""
+        for _ in range(5):
+            try:
+                raw, etag = await self._state.get(REPLICAS_KEY)
+                current = _json(raw)
+                replicas: dict[str, float] = current if isinstance(current, dict) else {}
+                now = time.time()
+                replicas = {
+                    r: float(t)
+                    for r, t in replicas.items()
+                    if isinstance(t, int | float) and t > now
+                }
+                if leaving:
+                    replicas.pop(self._replica, None)
+                else:
+                    replicas[self._replica] = now + self._ttl
+                await self._state.save(REPLICAS_KEY, orjson.dumps(replicas), etag=etag or None)
+                return
+            except ConflictError:
+                await asyncio.sleep(0.02)
+            except StateUnavailable as exc:
+                log.warning("announcing the replica failed", extra={"reason": str(exc)})
                 return
 
     async def remove_all(self) -> None:
         """On shutdown: delete every record of this replica (best effort)."""
         for conn in list(self._live.values()):
             self.closed(conn)
-        while self._deleted and self._state.connected:
-            before = len(self._deleted)
+        while (self._deleted or self._dirty_users) and self._state.connected:
+            before = len(self._deleted) + len(self._dirty_users)
             await self.flush()
-            if len(self._deleted) >= before:
+            if len(self._deleted) + len(self._dirty_users) >= before:
                 break
+        if self._state.connected:
+            await self._announce(leaving=True)
+
+
+async def lookup_presence(state: DaprState, user_id: str) -> dict[str, Any]:
+    """A user's open connections on every live replica, from the state store."""
+    raw, _ = await state.get(REPLICAS_KEY)
+    replicas = _json(raw)
+    now = time.time()
+    live = (
+        sorted(r for r, t in replicas.items() if isinstance(t, int | float) and t > now)
+        if isinstance(replicas, dict)
+        else []
+    )
+    ids: list[str] = []
+    if live:
+        found = await state.get_bulk([presence_key(user_id, r) for r in live])
+        for value in found.values():
+            listed = _json(value)
+            if isinstance(listed, list):
+                ids.extend(i for i in listed if isinstance(i, str))
+    records: list[Any] = []
+    if ids:
+        found = await state.get_bulk([CONNECTION_PREFIX + i for i in sorted(set(ids))])
+        for value in found.values():
+            record = _json(value)
+            if isinstance(record, dict) and record.get("user_id") == user_id:
+                records.append(record)
+    records.sort(key=lambda r: (str(r.get("replica")), str(r.get("connected_at"))))
+    return {"user_id": user_id, "online": bool(records), "connections": records}

@@ -21,7 +21,7 @@ from realtime_sync.config import Settings
 from realtime_sync.core.auth import TokenVerifier
 from realtime_sync.hub import Hub
 from realtime_sync.metrics import Metrics
-from realtime_sync.presence import ConnectionRecords
+from realtime_sync.presence import ConnectionRecords, lookup_presence
 from realtime_sync.server import Gateway, Readiness
 from realtime_sync.state import DaprState, ShareLists
 from realtime_sync.subscriber import Subscriber
@@ -81,7 +81,12 @@ class Service:
             loop.call_soon_threadsafe(setattr, self.readiness, "subscribed", True)
 
         subscriber = Subscriber(
-            settings=s, hub=hub, metrics=self.metrics, loop=loop, on_subscriptions_listed=listed
+            settings=s,
+            hub=hub,
+            metrics=self.metrics,
+            loop=loop,
+            on_subscriptions_listed=listed,
+            presence=lambda user: lookup_presence(state, user),
         )
         await gateway.start()
         app_port = subscriber.start()
@@ -104,7 +109,7 @@ class Service:
             async with asyncio.TaskGroup() as tg:
                 background += [
                     tg.create_task(hub.run()),
-                    tg.create_task(state.connect(self._sidecar_outbound_ready)),
+                    tg.create_task(self._connect_state(state, records)),
                     tg.create_task(records.run()),
                     tg.create_task(self._probe_sidecar()),
                 ]
@@ -137,6 +142,10 @@ class Service:
             async with asyncio.timeout(2):
                 await records.remove_all()
         log.info("drained", extra={"seconds": round(time.monotonic() - started, 2)})
+
+    async def _connect_state(self, state: DaprState, records: ConnectionRecords) -> None:
+        await state.connect(self._sidecar_outbound_ready)
+        await records.start()
 
     async def _sidecar_outbound_ready(self) -> bool:
         return await self._get_ok("/healthz/outbound")

@@ -111,8 +111,10 @@ class Subscriber:
         metrics: Metrics,
         loop: asyncio.AbstractEventLoop,
         on_subscriptions_listed: Callable[[], None],
+        presence: Callable[[str], Coroutine[Any, Any, dict[str, Any]]],
     ) -> None:
         self._s = settings
+        self._presence = presence
         self._hub = hub
         self._metrics = metrics
         self._loop = loop
@@ -133,6 +135,7 @@ class Subscriber:
             dead_letter_topic=settings.dead_letter_topic,
         )(self.on_event)
         self.app.method("set_task_shares")(self.set_task_shares)
+        self.app.method("get_presence")(self.get_presence)
         self.app.register_health_check(self._health)
         self.port = 0
 
@@ -242,3 +245,18 @@ class Subscriber:
             extra={"task_id": str(task_id), "ms": round((time.perf_counter() - started) * 1e3)},
         )
         return orjson.dumps({"task_id": task_id, "user_ids": list(stored)}).decode()
+
+    def get_presence(self, request: InvokeMethodRequest) -> str:
+        """`{"user_id": …}` → that user's open connections across replicas."""
+        try:
+            body = orjson.loads(request.data or b"")
+        except orjson.JSONDecodeError:
+            raise InvalidRequest("body must be JSON") from None
+        user = body.get("user_id") if isinstance(body, dict) else None
+        if not isinstance(user, str) or not user or len(user) > 256:
+            raise InvalidRequest("user_id must be a non-empty string")
+        try:
+            found = self._run_on_loop(self._presence(user))
+        except StateUnavailable as exc:
+            raise Unavailable(f"could not read presence: {exc}") from None
+        return orjson.dumps(found).decode()

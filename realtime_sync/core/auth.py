@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -49,8 +50,31 @@ def check_key_setup(algorithms: Sequence[str], secret: str | None, public_key: s
     if algs <= ASYMMETRIC_ALGORITHMS:
         if not public_key or "-----BEGIN" not in public_key:
             raise ValueError(f"{', '.join(sorted(algs))} need a PEM public key (JWT_PUBLIC_KEY)")
+        _check_public_key(algs, public_key)
         return public_key
     raise ValueError("do not mix HMAC and public-key algorithms in JWT_ALGORITHMS")
+
+
+def _check_public_key(algs: set[str], pem: str) -> None:
+    """The PEM must load as a public key of the one family the algorithms use."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa  # noqa: PLC0415
+    from cryptography.hazmat.primitives.serialization import (  # noqa: PLC0415
+        load_pem_public_key,
+    )
+
+    try:
+        key = load_pem_public_key(pem.encode())
+    except (ValueError, TypeError):
+        raise ValueError("JWT_PUBLIC_KEY is not a PEM public key") from None
+    families = {
+        "RS": rsa.RSAPublicKey,
+        "PS": rsa.RSAPublicKey,
+        "ES": ec.EllipticCurvePublicKey,
+        "Ed": (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey),
+    }
+    for alg in algs:
+        if not isinstance(key, families[alg[:2]]):  # type: ignore[arg-type]
+            raise ValueError(f"JWT_PUBLIC_KEY does not fit {alg}: one key family per setup")
 
 
 class TokenVerifier:
@@ -98,7 +122,8 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired") from None
-        except jwt.InvalidTokenError:
+        except (jwt.PyJWTError, ValueError, TypeError, OverflowError):
+            # InvalidTokenError, InvalidKeyError, and odd input (e.g. lone surrogates)
             raise AuthError("invalid token") from None
         user = claims.get(self._user_claim)
         if user is None and self._user_claim != "sub":
@@ -108,7 +133,13 @@ class TokenVerifier:
         exp = claims["exp"]
         if not isinstance(exp, int | float) or isinstance(exp, bool):
             raise AuthError("invalid token")
-        return Identity(user_id=user, expires_at=float(exp))
+        try:
+            expires_at = float(exp)
+        except OverflowError:
+            raise AuthError("invalid token") from None
+        if not math.isfinite(expires_at):
+            raise AuthError("invalid token")
+        return Identity(user_id=user, expires_at=expires_at)
 
 
 def mint_token(

@@ -33,7 +33,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from dapr.proto.runtime.v1 import appcallback_pb2
-from google.protobuf import struct_pb2
+
+from .wellknown import Struct
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +316,7 @@ def topic_event_request(
     event: Mapping[str, object], *, topic: str, pubsub_name: str, path: str
 ) -> appcallback_pb2.TopicEventRequest:
     """The ``OnTopicEvent`` request daprd sends for a retained CloudEvent."""
-    extensions = struct_pb2.Struct()
+    extensions = Struct()
     try:
         extensions.update({k: v for k, v in event.items() if k not in CORE_FIELDS})
     except (TypeError, ValueError) as exc:

@@ -30,7 +30,7 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -58,7 +58,7 @@ class ServiceProcess:
 
     def start(self) -> None:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(  # noqa: S603 - our own module
+        self.proc = subprocess.Popen(
             [sys.executable, "-m", "realtime_sync", "serve", *self.extra_args],
             env=self.env,
             stdout=log,
@@ -169,10 +169,10 @@ class Client:
             return frames
 
 
-def service_env(sidecar: SidecarProcess, ws_port: int, app_port: int, **extra: str) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("DAPR_", "JWT_", "APP_"))
-    }
+def service_env(
+    sidecar: SidecarProcess, ws_port: int, app_port: int, **extra: str
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAPR_", "JWT_", "APP_"))}
     env.update(
         {
             "JWT_SECRET": SECRET,

@@ -201,8 +201,9 @@ async def test_bad_events_are_dropped_to_the_dead_letter_topic(stack: ServicePro
     for body, content_type in BAD_EVENTS:
         assert stack.sidecar.publish("task-updates", body, content_type=content_type) == 204
     wait_until(
-        lambda: len(stack.sidecar.topic_messages("task-updates-deadletter"))
-        >= before + len(BAD_EVENTS),
+        lambda: (
+            len(stack.sidecar.topic_messages("task-updates-deadletter")) >= before + len(BAD_EVENTS)
+        ),
         10,
         message="bad events did not reach the dead-letter topic",
     )

@@ -1,0 +1,33 @@
+"""The dev sidecar: a small, in-memory stand-in for ``daprd`` — a development tool.
+
+It exists because no ``daprd`` can be installed on the project's machines. It is what
+``make run`` and the integration tests put next to the service, and it speaks just the part
+of Dapr the service uses. It is **not a Dapr replacement**: one process, in memory (optionally
+journalled to a file), one pub/sub component and one state store, no components, no
+resiliency files, no mTLS, no actors, no tracing export. The service never imports it, and it
+never imports the service.
+
+Toward the app it behaves as daprd does toward a gRPC app: it waits for the app port, calls
+``AppCallback/ListTopicSubscriptions`` once per app instance, then ``OnTopicEvent`` per
+message with daprd's CloudEvent envelope and metadata, honouring SUCCESS / RETRY / DROP (retry
+with exponential backoff, then the dead-letter topic) and acking on UNIMPLEMENTED (a lost
+message, as with daprd). See :mod:`.broker` for the reply table and :mod:`.envelope` for how
+published bytes become the subscriber's ``data``.
+
+Toward clients it serves the Dapr gRPC API (state with ETags, TTLs and transactions; publish;
+see :mod:`.api`) and the HTTP API subset plus dev-only endpoints (``/dev/stats``,
+``/dev/topics/{topic}/messages``, ``/dev/faults``; see :mod:`.http_api`).
+
+Run it with ``python -m realtime_sync.devsidecar --help``, or embed it::
+
+    sidecar = DevSidecar(SidecarConfig(grpc_port=0, http_port=0, app_ports=(50051,)))
+    sidecar.start()
+    ...
+    sidecar.stop()
+"""
+
+from .cli import main
+from .config import DeliveryMode, RetryPolicy, SidecarConfig
+from .sidecar import DevSidecar
+
+__all__ = ["DeliveryMode", "DevSidecar", "RetryPolicy", "SidecarConfig", "main"]

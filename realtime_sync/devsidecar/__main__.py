@@ -1,0 +1,5 @@
+"""``python -m realtime_sync.devsidecar``."""
+
+from realtime_sync.devsidecar.cli import main
+
+raise SystemExit(main())

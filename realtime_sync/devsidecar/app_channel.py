@@ -1,0 +1,185 @@
+"""The calls daprd makes toward one app instance over gRPC ``AppCallback``.
+
+* :meth:`AppChannel.wait_until_listening`: dial the app port every 100 ms until it accepts
+  TCP (daprd's ``blockUntilAppIsReady``).
+* :meth:`AppChannel.list_subscriptions`: ``ListTopicSubscriptions(Empty)``, called once;
+  ``UNIMPLEMENTED`` means no subscriptions.
+* :meth:`AppChannel.deliver`: one unary ``OnTopicEvent`` per message, with the metadata
+  daprd sends (``pubsubname``, ``traceparent``, ``dapr-api-token`` when ``APP_API_TOKEN`` is
+  set) and the reply mapped to an :class:`~.broker.Outcome`.
+* :meth:`AppChannel.invoke`: ``OnInvoke`` for service invocation.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Mapping
+
+import grpc
+from dapr.proto.common.v1 import common_pb2
+from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
+
+from .broker import Outcome
+from .envelope import EnvelopeError, topic_event_request
+from .wellknown import AnyMessage, Empty, status_code
+
+log = logging.getLogger(__name__)
+
+DELIVERY_TIMEOUT_S = 60.0
+LIST_SUBSCRIPTIONS_ATTEMPTS = 5
+_CHANNEL_OPTIONS = [
+    # Reconnect quickly after an app restart instead of grpc's default backoff (up to 120 s).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+_STATUS = appcallback_pb2.TopicEventResponse.TopicEventResponseStatus
+_VERBS = {
+    name: common_pb2.HTTPExtension.Verb.Value(name)
+    for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
+}
+
+
+class AppChannel:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        pubsub_name: str,
+        app_api_token: str | None,
+        delivery_timeout_s: float = DELIVERY_TIMEOUT_S,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.label = f"{host}:{port}"
+        self._pubsub_name = pubsub_name
+        self._token = app_api_token
+        self._timeout = delivery_timeout_s
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+        self._stub = appcallback_pb2_grpc.AppCallbackStub(self._channel)
+        self._reachable = True
+        self._state_lock = threading.Lock()
+
+    def _metadata(self, **extra: str) -> list[tuple[str, str]]:
+        pairs = [(key, value) for key, value in extra.items() if value]
+        if self._token:
+            pairs.append(("dapr-api-token", self._token))
+        return pairs
+
+    def wait_until_listening(self, stop: threading.Event) -> bool:
+        """Block until the app port accepts TCP (True) or ``stop`` is set (False)."""
+        logged = False
+        while not stop.is_set():
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return True
+            except OSError:
+                if not logged:
+                    log.info("waiting for the app to listen on %s", self.label)
+                    logged = True
+            stop.wait(0.1)
+        return False
+
+    def list_subscriptions(
+        self, stop: threading.Event
+    ) -> list[appcallback_pb2.TopicSubscription] | None:
+        """The app's subscriptions; None if it could not be asked."""
+        for attempt in range(1, LIST_SUBSCRIPTIONS_ATTEMPTS + 1):
+            try:
+                reply = self._stub.ListTopicSubscriptions(
+                    Empty(), metadata=self._metadata(), timeout=10.0
+                )
+            except grpc.RpcError as exc:
+                code = status_code(exc)
+                if code == grpc.StatusCode.UNIMPLEMENTED:
+                    return []
+                log.warning(
+                    "ListTopicSubscriptions on %s failed (attempt %d): %s",
+                    self.label,
+                    attempt,
+                    code.name if code else "unknown",
+                )
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    return None
+                if stop.wait(0.5 * attempt):
+                    return None
+                continue
+            return list(reply.subscriptions)
+        return None
+
+    def deliver(self, event: Mapping[str, object], topic: str, path: str) -> Outcome:
+        """One ``OnTopicEvent`` call, its reply mapped the way daprd maps it."""
+        try:
+            request = topic_event_request(
+                event, topic=topic, pubsub_name=self._pubsub_name, path=path
+            )
+        except EnvelopeError as exc:
+            log.warning(
+                "message %s on topic %s cannot be delivered: %s", event.get("id"), topic, exc
+            )
+            return Outcome.ERROR
+        traceparent = event.get("traceparent")
+        metadata = self._metadata(
+            pubsubname=self._pubsub_name,
+            traceparent=traceparent if isinstance(traceparent, str) else "",
+        )
+        try:
+            reply = self._stub.OnTopicEvent(request, metadata=metadata, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            code = status_code(exc)
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                return Outcome.UNIMPLEMENTED
+            if code == grpc.StatusCode.UNAVAILABLE:
+                self._set_reachable(False)
+            else:
+                log.info(
+                    "app %s answered %s for message %s on topic %s",
+                    self.label,
+                    code.name if code else "an unknown error",
+                    request.id,
+                    topic,
+                )
+            return Outcome.ERROR
+        self._set_reachable(True)
+        match reply.status:
+            case _STATUS.SUCCESS:
+                return Outcome.SUCCESS
+            case _STATUS.RETRY:
+                return Outcome.RETRY
+            case _STATUS.DROP:
+                return Outcome.DROP
+            case unknown:
+                log.warning("app %s answered unknown status %s: retrying", self.label, unknown)
+                return Outcome.ERROR
+
+    def invoke(
+        self, method: str, *, data: bytes, content_type: str, verb: str, query: str
+    ) -> tuple[bytes, str]:
+        """``OnInvoke``; raises ``grpc.RpcError`` as the app answered."""
+        request = common_pb2.InvokeRequest(
+            method=method,
+            data=AnyMessage(value=data),
+            content_type=content_type,
+            http_extension=common_pb2.HTTPExtension(
+                verb=_VERBS.get(verb.upper(), _VERBS["POST"]), querystring=query
+            ),
+        )
+        reply = self._stub.OnInvoke(request, metadata=self._metadata(), timeout=self._timeout)
+        return bytes(reply.data.value), str(reply.content_type)
+
+    def _set_reachable(self, reachable: bool) -> None:
+        with self._state_lock:
+            changed = reachable != self._reachable
+            self._reachable = reachable
+        if changed and not reachable:
+            log.warning("app %s is unreachable: deliveries will be retried", self.label)
+        elif changed:
+            log.info("app %s is reachable again", self.label)
+
+    def close(self) -> None:
+        self._channel.close()

@@ -1,0 +1,258 @@
+"""``DevSidecar``: wires the state store, the broker, the app channels and both APIs."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+from types import TracebackType
+
+import grpc
+from dapr.proto.runtime.v1 import dapr_pb2_grpc
+
+from .api import ApiTokenInterceptor, DaprApiServicer
+from .app_channel import AppChannel
+from .broker import Broker, Member
+from .config import DeliveryMode, SidecarConfig
+from .faults import StateFaults
+from .http_api import DaprHttpServer
+from .journal import Journal, Record
+from .routing import Subscription
+from .runtime import AppInstance, SidecarRuntime
+from .state import CommittedWrite, InMemoryStateStore
+
+log = logging.getLogger(__name__)
+
+GRPC_WORKERS = 64  # state calls may hang (fault switch) for up to 30 s each
+
+
+def _state_record(store: str, writes: Sequence[CommittedWrite]) -> Record:
+    return {
+        "op": "state",
+        "store": store,
+        "writes": [
+            {
+                "key": w.key,
+                "value": None if w.value is None else base64.b64encode(w.value).decode("ascii"),
+                "version": w.version,
+                "expires_at": w.expires_at,
+            }
+            for w in writes
+        ],
+    }
+
+
+def _committed_writes(record: Record) -> list[CommittedWrite]:
+    writes = record.get("writes")
+    result = []
+    for w in writes if isinstance(writes, list) else ():
+        if not isinstance(w, dict) or not isinstance(w.get("key"), str):
+            continue
+        value, expires_at, version = w.get("value"), w.get("expires_at"), w.get("version")
+        result.append(
+            CommittedWrite(
+                key=w["key"],
+                value=base64.b64decode(value) if isinstance(value, str) else None,
+                version=version if isinstance(version, int) else 1,
+                expires_at=float(expires_at) if isinstance(expires_at, int | float) else None,
+            )
+        )
+    return result
+
+
+class DevSidecar:
+    """An in-memory stand-in for daprd; see the package docstring for what it covers."""
+
+    def __init__(self, config: SidecarConfig) -> None:
+        self.config = config
+        self._stopping = threading.Event()
+        self._journal = Journal(config.journal) if config.journal else None
+        self._broker = Broker(
+            retry=config.retry, concurrency=config.concurrency, journal=self._journal
+        )
+        self._store = InMemoryStateStore(config.state_store_name)
+        self._instances = [
+            AppInstance(
+                AppChannel(
+                    config.app_host,
+                    port,
+                    pubsub_name=config.pubsub_name,
+                    app_api_token=config.app_api_token,
+                )
+            )
+            for port in config.app_ports
+        ]
+        self.runtime = SidecarRuntime(
+            config,
+            broker=self._broker,
+            stores={config.state_store_name: self._store},
+            faults=StateFaults(),
+            instances=self._instances,
+        )
+        self._grpc_server: grpc.Server | None = None
+        self._http_server: DaprHttpServer | None = None
+        self._grpc_port = 0
+        self._threads: list[threading.Thread] = []
+        self._state = "new"
+
+    @property
+    def grpc_port(self) -> int:
+        return self._grpc_port
+
+    @property
+    def http_port(self) -> int:
+        return self._http_server.port if self._http_server else 0
+
+    def __enter__(self) -> DevSidecar:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start both APIs and the app channels; returns at once. Raises OSError on bind."""
+        if self._state != "new":
+            raise RuntimeError("a DevSidecar starts once")
+        self._state = "starting"
+        if self._journal is not None:
+            self._restore(self._journal)
+        config = self.config
+        interceptors = [ApiTokenInterceptor(config.dapr_api_token)] if config.dapr_api_token else []
+        server = grpc.server(
+            futures.ThreadPoolExecutor(GRPC_WORKERS, thread_name_prefix="devsidecar-api"),
+            interceptors=interceptors,
+            options=[("grpc.so_reuseport", 0)],  # a taken port must fail, not be shared
+        )
+        dapr_pb2_grpc.add_DaprServicer_to_server(DaprApiServicer(self.runtime), server)
+        host = f"[{config.listen_host}]" if ":" in config.listen_host else config.listen_host
+        try:
+            port = server.add_insecure_port(f"{host}:{config.grpc_port}")
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen for gRPC on {host}:{config.grpc_port}: {exc}") from None
+        if not port:
+            raise OSError(f"cannot listen for gRPC on {host}:{config.grpc_port}")
+        self._grpc_server, self._grpc_port = server, port
+        self._http_server = DaprHttpServer(config.listen_host, config.http_port, self.runtime)
+        server.start()
+        self._spawn(self._http_server.serve_forever, "devsidecar-http")
+        for instance in self._instances:
+            self._spawn(
+                lambda i=instance: self._attach(i), f"devsidecar-app-{instance.channel.port}"
+            )
+        self._state = "running"
+        log.info(
+            "dev sidecar started (a development tool, not daprd): app-id %s, gRPC %s:%d, "
+            "HTTP %s:%d, app at %s, delivery %s, journal %s",
+            config.app_id,
+            config.listen_host,
+            self.grpc_port,
+            config.listen_host,
+            self.http_port,
+            ", ".join(i.channel.label for i in self._instances),
+            config.delivery.value,
+            "on" if self._journal else "off",
+        )
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        """Stop serving and delivering; compact the journal. Safe to call twice."""
+        if self._state in ("new", "stopped"):
+            self._state = "stopped"
+            return
+        self._state = "stopped"
+        self._stopping.set()
+        if self._grpc_server is not None:
+            self._grpc_server.stop(grace_s).wait(grace_s + 1.0)
+        if self._http_server is not None:
+            self._http_server.shutdown()
+            self._http_server.server_close()
+        self._broker.stop(grace_s)
+        for instance in self._instances:
+            instance.channel.close()
+        if self._journal is not None:
+            try:
+                self._journal.compact(self._snapshot())
+            except OSError as exc:
+                log.error("could not compact the journal (it stays as it was): %s", exc)
+            self._journal.close()
+        log.info("dev sidecar stopped")
+
+    def _spawn(self, target: object, name: str) -> None:
+        assert callable(target)
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _group_name(self, instance: AppInstance) -> str:
+        if self.config.delivery is DeliveryMode.COMPETING:
+            return self.config.app_id
+        return f"{self.config.app_id}@{instance.channel.label}"
+
+    def _attach(self, instance: AppInstance) -> None:
+        """daprd's start-up toward one app instance: wait for it, list its subscriptions once."""
+        channel = instance.channel
+        if not channel.wait_until_listening(self._stopping):
+            return
+        instance.list_subscriptions_calls += 1
+        replies = channel.list_subscriptions(self._stopping)
+        if replies is None:
+            instance.state = "failed"
+            log.error("could not list the subscriptions of app %s: no deliveries", channel.label)
+            return
+        accepted: list[Subscription] = []
+        for reply in replies:
+            subscription = Subscription.from_proto(reply)
+            if subscription.pubsub_name != self.config.pubsub_name:
+                instance.ignored.append(f"{subscription.pubsub_name}/{subscription.topic}")
+                log.warning(
+                    "app %s subscribed to unknown pubsub %s (topic %s): ignored",
+                    channel.label,
+                    subscription.pubsub_name,
+                    subscription.topic,
+                )
+                continue
+            accepted.append(subscription)
+        instance.subscriptions = accepted
+        log.info(
+            "app %s subscriptions received: %s",
+            channel.label,
+            ", ".join(
+                s.topic + (f" (dead-letter {s.dead_letter_topic})" if s.dead_letter_topic else "")
+                for s in accepted
+            )
+            or "none",
+        )
+        group = self._group_name(instance)
+        for subscription in accepted:
+            self._broker.subscribe(group, Member(channel.label, subscription, channel.deliver))
+        instance.state = "subscribed"
+
+    def _restore(self, journal: Journal) -> None:
+        restored = 0
+        for record in journal.replay():
+            restored += 1
+            if record.get("op") == "state":
+                if record.get("store") == self._store.name:
+                    for write in _committed_writes(record):
+                        self._store.restore(write)
+            else:
+                self._broker.restore(record)
+        journal.compact(self._snapshot())
+        journal.open()
+        self._store.on_commit = lambda store, writes: journal.append(_state_record(store, writes))
+        log.info("journal %s: replayed %d record(s)", journal.path.name, restored)
+
+    def _snapshot(self) -> list[Record]:
+        records: list[Record] = []
+        writes = self._store.snapshot()
+        if writes:
+            records.append(_state_record(self._store.name, writes))
+        records.extend(self._broker.snapshot_records())
+        return records

@@ -1,0 +1,375 @@
+"""Delivery you can trust: slow clients, resume, token lifetime, limits, presence, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.integration.conftest import ServiceProcess, running_stack
+from tests.integration.harness import wait_until
+
+LIMITS = {
+    "MAX_CONNECTIONS_PER_USER": "2",
+    "MAX_SUBSCRIPTIONS": "2",
+    "CLIENT_RATE": "5",
+    "CLIENT_BURST": "5",
+    "JWT_LEEWAY_S": "0",
+    "ALLOWED_ORIGINS": "https://app.example,https://admin.example:8443",
+    "OUTBOX_MAX_MESSAGES": "200",
+    "OUTBOX_MAX_BYTES": "262144",
+}
+
+
+@pytest.fixture(scope="module")
+def limited() -> Iterator[ServiceProcess]:
+    with running_stack("reliability", service_env_extra=LIMITS) as service:
+        yield service
+
+
+def event(user: str, task: int | str, event_id: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "TASK_CHANGED", "user_id": user, "task_id": task, "id": event_id, **extra}
+
+
+async def close_code(client_ws: Any, timeout: float = 10) -> int:
+    try:
+        while True:
+            await asyncio.wait_for(client_ws.recv(), timeout)
+    except ConnectionClosed as exc:
+        assert exc.rcvd is not None
+        return exc.rcvd.code
+
+
+# -- slow consumers ------------------------------------------------------------------------
+
+
+def stalled_reader(port: int, token: str) -> socket.socket:
+    """A WebSocket client with a tiny receive buffer that never reads after the handshake."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert b" 101 " in head.split(b"\r\n", 1)[0]
+    # subscribe to everything (a masked text frame), then never read again
+    payload = b'{"type":"subscribe","all":true}'
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+    return sock
+
+
+async def test_a_stalled_reader_is_cut_4008_and_others_get_everything(
+    limited: ServiceProcess,
+) -> None:
+    count = 400
+    blob = "x" * 8000
+    stalled = stalled_reader(limited.ws_port, limited.token("slow-owner"))
+    try:
+        async with limited.client("slow-friend") as friend:
+            before = limited.metric("realtime_sync_closes_total", code="4008")
+            for i in range(count):
+                limited.publish(
+                    event(
+                        "slow-owner",
+                        "shared-1",
+                        f"slow-{i}",
+                        data={"blob": blob},
+                        metadata={"shared_with": ["slow-friend"]},
+                    )
+                )
+            frames = await friend.updates(count, timeout=60)
+            assert [f["event_id"] for f in frames] == [f"slow-{i}" for i in range(count)] or (
+                sorted(f["event_id"] for f in frames) == sorted(f"slow-{i}" for i in range(count))
+            )
+            wait_until(
+                lambda: limited.metric("realtime_sync_closes_total", code="4008") == before + 1,
+                20,
+                message="stalled reader not closed with 4008",
+            )
+    finally:
+        stalled.close()
+
+
+# -- resume --------------------------------------------------------------------------------
+
+
+async def test_resume_replays_missed_events_once_and_in_order(limited: ServiceProcess) -> None:
+    async with limited.client("resume-u") as first:
+        for i in range(3):
+            limited.publish(event("resume-u", i, f"r-{i}"))
+        seen = [f["event_id"] for f in await first.updates(3)]
+    assert seen == ["r-0", "r-1", "r-2"]
+    for i in range(3, 6):
+        limited.publish(event("resume-u", i, f"r-{i}"))
+    await asyncio.sleep(0.5)
+    async with limited.client("resume-u", subscribe_all=False) as second:
+        await second.send({"type": "subscribe", "all": True, "since": "r-2", "id": 1})
+        assert await second.next() == {
+            "type": "subscribed",
+            "all": True,
+            "id": 1,
+            "recovered": True,
+            "replayed": 3,
+        }
+        replayed = [f["event_id"] for f in await second.updates(3)]
+        limited.publish(event("resume-u", 6, "r-6"))
+        [live] = await second.updates(1)
+        assert [*replayed, live["event_id"]] == ["r-3", "r-4", "r-5", "r-6"]
+        assert await second.silence(0.4) == []
+
+
+async def test_resume_of_one_task_replays_only_that_task(limited: ServiceProcess) -> None:
+    limited.publish(event("resume-t", 1, "rt-0"))
+    limited.publish(event("resume-t", 2, "rt-1"))
+    limited.publish(event("resume-t", 1, "rt-2"))
+    await asyncio.sleep(0.5)
+    async with limited.client("resume-t", subscribe_all=False) as client:
+        await client.send({"type": "subscribe", "taskId": "1", "since": "rt-0"})
+        reply = await client.next()
+        assert (reply["recovered"], reply["replayed"]) == (True, 1)
+        assert [f["event_id"] for f in await client.updates(1)] == ["rt-2"]
+
+
+async def test_an_unknown_since_answers_resync_required(limited: ServiceProcess) -> None:
+    async with limited.client("resume-x", subscribe_all=False) as client:
+        await client.send({"type": "subscribe", "all": True, "since": "never-seen", "id": "s"})
+        assert await client.next() == {
+            "type": "resync_required",
+            "since": "never-seen",
+            "all": True,
+            "id": "s",
+        }
+        reply = await client.next()
+        assert (reply["type"], reply["recovered"]) == ("subscribed", False)
+        limited.publish(event("resume-x", 1, "rx-1"))
+        assert len(await client.updates(1)) == 1  # live delivery continues
+
+
+async def test_an_expired_since_answers_resync_required() -> None:
+    with running_stack("resume-expiry", service_env_extra={"RESUME_WINDOW_S": "1"}) as stack:
+        stack.publish(event("resume-e", 1, "re-1"))
+        await asyncio.sleep(1.5)
+        async with stack.client("resume-e", subscribe_all=False) as client:
+            await client.send({"type": "subscribe", "all": True, "since": "re-1"})
+            assert (await client.next())["type"] == "resync_required"
+
+
+# -- token lifetime ------------------------------------------------------------------------
+
+
+async def test_an_expiring_token_closes_4002_at_expiry(limited: ServiceProcess) -> None:
+    started = time.monotonic()
+    async with limited.client("exp-u", token=limited.token("exp-u", ttl_s=2)) as client:
+        assert await close_code(client.ws) == 4002
+    assert 1.0 < time.monotonic() - started < 4.5
+
+
+async def test_a_refresh_keeps_the_connection_open(limited: ServiceProcess) -> None:
+    async with limited.client("ref-u", token=limited.token("ref-u", ttl_s=2)) as client:
+        await client.send({"type": "refresh", "token": limited.token("ref-u", 60), "id": "r"})
+        reply = await client.next()
+        assert (reply["type"], reply["id"]) == ("refreshed", "r")
+        await asyncio.sleep(3.0)
+        await client.send({"type": "ping"})
+        assert await client.next() == {"type": "pong"}
+
+
+async def test_a_refresh_for_another_user_is_refused(limited: ServiceProcess) -> None:
+    async with limited.client("ref-a", token=limited.token("ref-a", ttl_s=2)) as client:
+        await client.send({"type": "refresh", "token": limited.token("ref-b", 60)})
+        reply = await client.next()
+        assert (reply["type"], reply["code"]) == ("error", "refresh_refused")
+        assert await close_code(client.ws) == 4002
+
+
+async def test_no_auth_frame_in_time_closes_4001() -> None:
+    # The default deadline of 5 s is shortened to 1 s in these tests (AUTH_TIMEOUT_S).
+    with running_stack("auth-deadline") as stack:
+        async with connect(stack.ws_url) as ws:
+            started = time.monotonic()
+            assert await close_code(ws) == 4001
+            assert 0.8 < time.monotonic() - started < 3
+
+
+# -- limits --------------------------------------------------------------------------------
+
+
+async def test_the_newest_connection_past_the_per_user_limit_closes_4029(
+    limited: ServiceProcess,
+) -> None:
+    async with limited.client("many-u"), limited.client("many-u"):
+        headers = {"Authorization": f"Bearer {limited.token('many-u')}"}
+        async with connect(limited.ws_url, additional_headers=headers) as third:
+            assert await close_code(third) == 4029
+
+
+async def test_a_flood_of_frames_closes_4029(limited: ServiceProcess) -> None:
+    async with limited.client("flood-u", subscribe_all=False) as client:
+        for _ in range(20):
+            await client.send({"type": "ping"})
+        assert await close_code(client.ws) == 4029
+
+
+async def test_subscriptions_past_the_limit_get_an_error_frame(limited: ServiceProcess) -> None:
+    async with limited.client("subs-u", subscribe_all=False) as client:
+        for task in (1, 2):
+            await client.send({"type": "subscribe", "taskId": task})
+            assert (await client.next())["type"] == "subscribed"
+        await client.send({"type": "subscribe", "taskId": 3, "id": 3})
+        assert await client.next() == {
+            "type": "error",
+            "code": "too_many_subscriptions",
+            "message": "subscription limit reached",
+            "id": 3,
+        }
+        await client.send({"type": "subscribe", "taskId": 1})  # already held: fine
+        assert (await client.next())["type"] == "subscribed"
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://evil.example",
+        "http://app.example",
+        "https://app.example.evil.com",
+        "https://app.example:444",
+        "https://admin.example",
+        "null",
+        "https://APP.example.com",
+        "https://sub.app.example",
+        "",
+        "file://",
+    ],
+)
+async def test_origins_outside_the_allowlist_get_403(limited: ServiceProcess, origin: str) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(
+            limited.ws_url,
+            origin=origin,  # type: ignore[arg-type]
+            additional_headers={"Authorization": f"Bearer {limited.token('o')}"},
+        ):
+            pass
+    assert info.value.response.status_code == 403
+
+
+@pytest.mark.parametrize("origin", ["https://app.example", "https://admin.example:8443"])
+async def test_listed_origins_are_allowed(limited: ServiceProcess, origin: str) -> None:
+    async with connect(
+        limited.ws_url,
+        origin=origin,  # type: ignore[arg-type]
+        additional_headers={"Authorization": f"Bearer {limited.token('o-ok')}"},
+    ) as ws:
+        assert orjson.loads(await ws.recv())["type"] == "connected"
+
+
+async def test_handshakes_past_the_total_limit_get_503() -> None:
+    with running_stack("capacity", service_env_extra={"MAX_CONNECTIONS": "2"}) as stack:
+        async with stack.client("cap-a"), stack.client("cap-b"):
+            with pytest.raises(InvalidStatus) as info:
+                async with connect(
+                    stack.ws_url,
+                    additional_headers={"Authorization": f"Bearer {stack.token('cap-c')}"},
+                ):
+                    pass
+            assert info.value.response.status_code == 503
+
+
+# -- presence ------------------------------------------------------------------------------
+
+
+def invoke(stack: ServiceProcess, method: str, body: dict[str, Any]) -> tuple[int, Any]:
+    url = f"http://127.0.0.1:{stack.sidecar.http_port}/v1.0/invoke/realtime-sync/method/{method}"
+    request = urllib.request.Request(
+        url, data=orjson.dumps(body), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def test_get_presence_lists_a_users_open_connections(limited: ServiceProcess) -> None:
+    async with limited.client("pres-u") as a:
+        async with limited.client("pres-u", subscribe_all=False) as b:
+
+            def both_listed() -> bool:
+                status, found = invoke(limited, "get_presence", {"user_id": "pres-u"})
+                ids = {c["id"] for c in found["connections"]} if status == 200 else set()
+                return ids == {a.connection_id, b.connection_id}
+
+            wait_until(both_listed, 5, message="presence does not list both connections")
+        wait_until(
+            lambda: (
+                [
+                    c["id"]
+                    for c in invoke(limited, "get_presence", {"user_id": "pres-u"})[1][
+                        "connections"
+                    ]
+                ]
+                == [a.connection_id]
+            ),
+            5,
+            message="closed connection still listed",
+        )
+        status, found = invoke(limited, "get_presence", {"user_id": "pres-u"})
+        assert status == 200
+        assert found["online"] is True
+        [record] = found["connections"]
+        assert record["subscriptions"] == ["*"]
+        assert record["replica"]
+    status, found = invoke(limited, "get_presence", {"user_id": "nobody-here"})
+    assert (status, found["online"], found["connections"]) == (200, False, [])
+    assert invoke(limited, "get_presence", {"user": 1})[0] == 400
+
+
+# -- sidecar outage ------------------------------------------------------------------------
+
+
+async def test_a_sidecar_outage_drops_no_connection_and_loses_no_event(tmp_path: Any) -> None:
+    journal = str(tmp_path / "journal.jsonl")
+    with running_stack(
+        "outage",
+        sidecar_args=["--journal", journal, "--retry-initial-s", "0.2", "--max-retries", "-1"],
+    ) as stack:
+        async with stack.client("out-u") as client:
+            for i in range(20):
+                stack.publish(event("out-u", i, f"o-{i}"))
+            before = [f["event_id"] for f in await client.updates(20)]
+            stack.sidecar.kill()
+            killed = time.monotonic()
+            wait_until(lambda: stack.readyz() == 503, 5, message="readyz still 200")
+            assert time.monotonic() - killed < 5
+            await asyncio.sleep(3)
+            await client.send({"type": "ping"})  # the connection survived
+            assert await client.next() == {"type": "pong"}
+            stack.sidecar.start()
+            back = time.monotonic()
+            wait_until(lambda: stack.readyz() == 200, 5, message="readyz not back")
+            assert time.monotonic() - back < 5
+            for i in range(20, 40):
+                stack.publish(event("out-u", i, f"o-{i}"))
+            after = [f["event_id"] for f in await client.updates(20, timeout=15)]
+            assert sorted(before + after) == sorted(f"o-{i}" for i in range(40))
+            assert await client.silence(0.5) == []

@@ -1,0 +1,99 @@
+"""Per-user resume buffers: replaying what a reconnecting client missed with `since`."""
+
+from __future__ import annotations
+
+from realtime_sync.core.resume import Buffered, ResumeBuffers
+
+
+def _entry(n: int, task: str = "t", at: float = 0.0) -> Buffered:
+    return Buffered(event_id=f"e{n}", task_key=task, frame=f"frame-{n}".encode(), at=at)
+
+
+def _everything(_: str) -> bool:
+    return True
+
+
+def _filled(count: int, *, window_s: float = 300, max_events: int = 1000) -> ResumeBuffers:
+    buffers = ResumeBuffers(window_s=window_s, max_events=max_events)
+    for n in range(1, count + 1):
+        buffers.append("alice", _entry(n, task="a" if n % 2 else "b", at=float(n)))
+    return buffers
+
+
+def test_since_returns_the_frames_after_the_id_in_order() -> None:
+    buffers = _filled(5)
+    assert buffers.since("alice", "e2", 10.0, _everything) == [b"frame-3", b"frame-4", b"frame-5"]
+
+
+def test_since_filters_by_the_subscription_matcher() -> None:
+    buffers = _filled(6)
+    only_a = buffers.since("alice", "e1", 10.0, lambda key: key == "a")
+    assert only_a == [b"frame-3", b"frame-5"]
+    assert buffers.since("alice", "e1", 10.0, lambda _: False) == []
+
+
+def test_since_the_newest_id_is_an_empty_replay() -> None:
+    buffers = _filled(3)
+    assert buffers.since("alice", "e3", 10.0, _everything) == []
+
+
+def test_since_an_id_that_was_never_buffered_is_none() -> None:
+    buffers = _filled(3)
+    assert buffers.since("alice", "e999", 10.0, _everything) is None
+
+
+def test_since_for_a_user_without_a_buffer_is_none() -> None:
+    buffers = _filled(3)
+    assert buffers.since("bob", "e1", 10.0, _everything) is None
+
+
+def test_buffers_are_per_user() -> None:
+    buffers = ResumeBuffers(window_s=300, max_events=10)
+    buffers.append("alice", _entry(1))
+    buffers.append("bob", _entry(2))
+    buffers.append("alice", _entry(3))
+    assert buffers.since("alice", "e1", 0.0, _everything) == [b"frame-3"]
+    assert buffers.since("bob", "e1", 0.0, _everything) is None
+    assert buffers.since("bob", "e2", 0.0, _everything) == []
+    assert buffers.user_count == 2
+    assert buffers.event_count() == 3
+
+
+def test_since_an_expired_id_is_none() -> None:
+    buffers = ResumeBuffers(window_s=100, max_events=10)
+    buffers.append("alice", _entry(1, at=0.0))
+    buffers.append("alice", _entry(2, at=60.0))
+    buffers.append("alice", _entry(3, at=90.0))
+    assert buffers.since("alice", "e1", 100.0, _everything) == [b"frame-2", b"frame-3"]
+    assert buffers.since("alice", "e1", 100.5, _everything) is None
+    assert buffers.since("alice", "e2", 100.5, _everything) == [b"frame-3"]
+
+
+def test_the_count_bound_forgets_the_oldest_events() -> None:
+    buffers = _filled(5, max_events=3)
+    assert buffers.event_count() == 3
+    assert buffers.since("alice", "e1", 10.0, _everything) is None
+    assert buffers.since("alice", "e2", 10.0, _everything) is None
+    assert buffers.since("alice", "e3", 10.0, _everything) == [b"frame-4", b"frame-5"]
+
+
+def test_purge_drops_expired_entries_and_empty_users() -> None:
+    buffers = ResumeBuffers(window_s=100, max_events=10)
+    buffers.append("alice", _entry(1, at=0.0))
+    buffers.append("bob", _entry(2, at=0.0))
+    buffers.append("bob", _entry(3, at=50.0))
+    buffers.purge(120.0)
+    assert buffers.user_count == 1
+    assert buffers.event_count() == 1
+    assert buffers.since("alice", "e1", 120.0, _everything) is None
+    assert buffers.since("bob", "e3", 120.0, _everything) == []
+    buffers.purge(151.0)
+    assert buffers.user_count == 0
+    assert buffers.event_count() == 0
+
+
+def test_a_repeated_id_replays_from_its_latest_occurrence() -> None:
+    buffers = ResumeBuffers(window_s=300, max_events=10)
+    for n in (1, 2, 1, 3):
+        buffers.append("alice", _entry(n))
+    assert buffers.since("alice", "e1", 0.0, _everything) == [b"frame-3"]

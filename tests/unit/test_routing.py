@@ -1,0 +1,264 @@
+"""Who receives an event: the owner and the shared users, on subscribed connections only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from realtime_sync.core.events import TaskId, task_key
+from realtime_sync.core.routing import Registry, Subscriptions, recipients
+
+
+@dataclass
+class Conn:
+    connection_id: str
+    user_id: str
+    subscriptions: Subscriptions = field(default_factory=Subscriptions)
+
+
+def _conn(connection_id: str, user_id: str, *keys: str | None) -> Conn:
+    conn = Conn(connection_id, user_id)
+    for key in keys:
+        conn.subscriptions.add(key)
+    return conn
+
+
+def _ids(conns: list[Conn]) -> list[str]:
+    return [c.connection_id for c in conns]
+
+
+# --- Subscriptions -----------------------------------------------------------------------
+
+
+def test_a_fresh_subscription_set_matches_nothing() -> None:
+    subs = Subscriptions()
+    assert not subs.matches("1")
+    assert not subs.all
+    assert len(subs) == 0
+    assert subs.describe() == []
+
+
+def test_subscribing_to_a_task_matches_only_that_task() -> None:
+    subs = Subscriptions()
+    subs.add("7")
+    assert subs.matches("7")
+    assert not subs.matches("8")
+    assert not subs.matches("77")
+    assert len(subs) == 1
+
+
+def test_subscribing_to_all_matches_every_task() -> None:
+    subs = Subscriptions()
+    subs.add(None)
+    assert subs.all
+    assert all(subs.matches(k) for k in ("1", "x", ""))
+    assert len(subs) == 1
+    assert subs.describe() == ["*"]
+
+
+def test_unsubscribing_stops_matching() -> None:
+    subs = Subscriptions()
+    subs.add("1")
+    subs.add("2")
+    subs.add(None)
+    subs.remove(None)
+    assert not subs.matches("3")
+    assert subs.matches("1")
+    subs.remove("1")
+    assert not subs.matches("1")
+    assert subs.matches("2")
+    subs.remove("never-added")
+    assert subs.describe() == ["2"]
+
+
+def test_clear_drops_every_subscription() -> None:
+    subs = Subscriptions()
+    subs.add(None)
+    subs.add("1")
+    subs.clear()
+    assert not subs.matches("1")
+    assert len(subs) == 0
+
+
+def test_describe_lists_all_first_then_sorted_task_keys() -> None:
+    subs = Subscriptions()
+    for key in ("b", "a", None, "c"):
+        subs.add(key)
+    assert subs.describe() == ["*", "a", "b", "c"]
+    assert len(subs) == 4
+
+
+def test_a_task_subscribed_with_an_int_id_matches_the_string_id() -> None:
+    subs = Subscriptions()
+    subs.add(task_key(1))
+    assert subs.matches(task_key("1"))
+    assert subs.matches(task_key(1))
+
+
+# --- recipients --------------------------------------------------------------------------
+
+
+def test_recipients_are_the_owner_then_the_shares_each_once() -> None:
+    assert recipients("alice", ["bob", "carol", "bob", "alice", "dave"]) == [
+        "alice",
+        "bob",
+        "carol",
+        "dave",
+    ]
+
+
+def test_recipients_of_an_unshared_task_is_the_owner() -> None:
+    assert recipients("alice", []) == ["alice"]
+    assert recipients("alice", ()) == ["alice"]
+
+
+# --- Registry ----------------------------------------------------------------------------
+
+
+def test_registry_indexes_connections_by_id_and_user() -> None:
+    reg: Registry[Conn] = Registry()
+    a1, a2, b1 = _conn("a1", "alice"), _conn("a2", "alice"), _conn("b1", "bob")
+    for conn in (a1, a2, b1):
+        reg.add(conn)
+    assert len(reg) == 3
+    assert reg.user_count == 2
+    assert reg.get("a2") is a2
+    assert reg.get("zz") is None
+    assert reg.count_for("alice") == 2
+    assert reg.count_for("bob") == 1
+    assert reg.count_for("nobody") == 0
+    assert _ids(reg.of_user("alice")) == ["a1", "a2"]
+    assert reg.of_user("nobody") == []
+    assert sorted(_ids(list(reg))) == ["a1", "a2", "b1"]
+
+
+def test_removing_a_connection_forgets_it_and_an_empty_user() -> None:
+    reg: Registry[Conn] = Registry()
+    a1, a2 = _conn("a1", "alice"), _conn("a2", "alice")
+    reg.add(a1)
+    reg.add(a2)
+    assert reg.remove(a1) is True
+    assert reg.get("a1") is None
+    assert reg.count_for("alice") == 1
+    assert reg.remove(a1) is False
+    assert reg.remove(a2) is True
+    assert reg.count_for("alice") == 0
+    assert reg.user_count == 0
+    assert len(reg) == 0
+
+
+def test_iterating_the_registry_is_a_snapshot_safe_against_removal() -> None:
+    reg: Registry[Conn] = Registry()
+    for i in range(5):
+        reg.add(_conn(f"c{i}", "u"))
+    removed = [reg.remove(conn) for conn in reg]
+    assert removed == [True] * 5
+    assert len(reg) == 0
+
+
+def test_targets_are_the_subscribed_connections_of_the_given_users_only() -> None:
+    reg: Registry[Conn] = Registry()
+    conns = [
+        _conn("a-all", "alice", None),
+        _conn("a-7", "alice", "7"),
+        _conn("a-8", "alice", "8"),
+        _conn("a-none", "alice"),
+        _conn("b-7", "bob", "7"),
+        _conn("c-all", "carol", None),
+    ]
+    for conn in conns:
+        reg.add(conn)
+    assert sorted(_ids(reg.targets(["alice", "bob"], "7"))) == ["a-7", "a-all", "b-7"]
+    assert sorted(_ids(reg.targets(["alice"], "8"))) == ["a-8", "a-all"]
+    assert _ids(reg.targets(["dave"], "7")) == []
+    assert _ids(reg.targets([], "7")) == []
+
+
+def test_a_fresh_connection_receives_nothing() -> None:
+    reg: Registry[Conn] = Registry()
+    reg.add(_conn("fresh", "alice"))
+    assert reg.targets(["alice"], "1") == []
+
+
+def test_a_removed_connection_is_no_longer_a_target() -> None:
+    reg: Registry[Conn] = Registry()
+    conn = _conn("a", "alice", None)
+    reg.add(conn)
+    reg.remove(conn)
+    assert reg.targets(["alice"], "1") == []
+
+
+def test_an_int_task_id_event_reaches_a_subscription_made_with_the_string_form() -> None:
+    reg: Registry[Conn] = Registry()
+    reg.add(_conn("by-str", "alice", task_key("5")))
+    reg.add(_conn("by-int", "alice", task_key(5)))
+    assert sorted(_ids(reg.targets(["alice"], task_key(5)))) == ["by-int", "by-str"]
+    assert sorted(_ids(reg.targets(["alice"], task_key("5")))) == ["by-int", "by-str"]
+
+
+def test_subscription_count_sums_every_connection() -> None:
+    reg: Registry[Conn] = Registry()
+    reg.add(_conn("a", "alice", None, "1", "2"))
+    reg.add(_conn("b", "bob", "1"))
+    assert reg.subscription_count() == 4
+
+
+# --- property ----------------------------------------------------------------------------
+
+USERS = [f"u{i}" for i in range(6)]
+TASKS: list[TaskId] = [0, 1, 2, 3, "1", "2", "t4", "x"]
+
+
+@dataclass(frozen=True)
+class ConnSpec:
+    user: str
+    everything: bool
+    tasks: frozenset[TaskId]
+    removed: bool
+
+
+conn_specs = st.builds(
+    ConnSpec,
+    user=st.sampled_from(USERS),
+    everything=st.booleans(),
+    tasks=st.frozensets(st.sampled_from(TASKS), max_size=4),
+    removed=st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    owner=st.sampled_from(USERS),
+    shares=st.lists(st.sampled_from(USERS), max_size=8),
+    task=st.sampled_from(TASKS),
+    specs=st.lists(conn_specs, max_size=25),
+)
+def test_targets_are_exactly_the_recipients_subscribed_connections(
+    owner: str, shares: list[str], task: TaskId, specs: list[ConnSpec]
+) -> None:
+    reg: Registry[Conn] = Registry()
+    for i, spec in enumerate(specs):
+        conn = Conn(f"c{i}", spec.user)
+        if spec.everything:
+            conn.subscriptions.add(None)
+        for subscribed in spec.tasks:
+            conn.subscriptions.add(task_key(subscribed))
+        reg.add(conn)
+        if spec.removed:
+            assert reg.remove(conn)
+
+    got = _ids(reg.targets(recipients(owner, shares), task_key(task)))
+
+    audience = {owner, *shares}
+    expected = {
+        f"c{i}"
+        for i, spec in enumerate(specs)
+        if not spec.removed
+        and spec.user in audience
+        and (spec.everything or str(task) in {str(t) for t in spec.tasks})
+    }
+    assert len(got) == len(set(got)), "a connection is targeted twice"
+    assert set(got) == expected
+    assert len(reg) == sum(not s.removed for s in specs)
