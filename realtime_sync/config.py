@@ -27,6 +27,15 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected true or false")
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -169,6 +178,7 @@ class Settings:
     app_workers: int
     drain_s: float
     replica_id: str
+    board: bool
     log_level: str
     log_format: str
 

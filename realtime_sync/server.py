@@ -11,7 +11,6 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
@@ -46,6 +45,7 @@ from realtime_sync.core.ratelimit import TokenBucket
 from realtime_sync.hub import Hub
 from realtime_sync.metrics import Metrics
 from realtime_sync.presence import ConnectionRecords
+from realtime_sync.static import StaticFiles
 
 log = logging.getLogger(__name__)
 WS_PATH = "/ws"
@@ -105,7 +105,7 @@ class Gateway:
         records: ConnectionRecords,
         metrics: Metrics,
         readiness: Readiness,
-        board_html: Callable[[], bytes] | None = None,
+        static: StaticFiles | None = None,
     ) -> None:
         self.settings = settings
         self.hub = hub
@@ -113,7 +113,7 @@ class Gateway:
         self.records = records
         self.metrics = metrics
         self.readiness = readiness
-        self.board_html = board_html
+        self.static = static
         self.server: Server | None = None
         self._handshaking = 0
 
@@ -153,8 +153,11 @@ class Gateway:
             return _response(status, self.readiness.describe().encode(), "application/json")
         if path == "/metrics":
             return _response(HTTPStatus.OK, self.metrics.render(), CONTENT_TYPE_LATEST)
-        if path in {"/", "/index.html"} and self.board_html is not None:
-            return _response(HTTPStatus.OK, self.board_html(), "text/html; charset=utf-8")
+        if self.static is not None and request.headers.get("Upgrade") is None:
+            found = self.static.get(path)
+            if found is not None:
+                body, content_type = found
+                return _response(HTTPStatus.OK, body, content_type)
         if path != WS_PATH:
             return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
         return self._check_handshake(ws, request)

@@ -24,6 +24,7 @@ from realtime_sync.metrics import Metrics
 from realtime_sync.presence import ConnectionRecords, lookup_presence
 from realtime_sync.server import Gateway, Readiness
 from realtime_sync.state import DaprState, ShareLists
+from realtime_sync.static import load_board
 from realtime_sync.subscriber import Subscriber
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Service:
             records=records,
             metrics=self.metrics,
             readiness=self.readiness,
+            static=load_board() if s.board else None,
         )
 
         def listed() -> None:
