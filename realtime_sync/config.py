@@ -122,6 +122,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("app_workers", "APP_WORKERS", int, 16, "gRPC handler threads", 1, 1024),
     Setting("drain_s", "DRAIN_S", float, 5.0, "window over which clients are closed", 0, 20),
     Setting("replica_id", "REPLICA_ID", str, "", "replica name (default: POD_NAME or host)"),
+    Setting("board", "BOARD", _bool, False, "serve the live task board at /"),
     Setting(
         "log_level",
         "LOG_LEVEL",

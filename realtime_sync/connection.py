@@ -32,6 +32,7 @@ class ClientConnection:
     """A registered, authenticated connection (the `Routable` of the core registry)."""
 
     __slots__ = (
+        "_close_task",
         "_on_close",
         "_writer",
         "bucket",
@@ -70,6 +71,7 @@ class ClientConnection:
         self.last_activity = self.connected_at
         self.close_code: CloseCode | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._close_task: asyncio.Task[None] | None = None
         self._on_close = on_close
 
     @property
@@ -118,9 +120,12 @@ class ClientConnection:
         if self.expiry_timer is not None:
             self.expiry_timer.cancel()
         self._on_close(self, code)
-        task = asyncio.get_running_loop().create_task(self.ws.close(int(code), reason))
-        _closing.add(task)
-        task.add_done_callback(_closing.discard)
+        self._close_task = asyncio.get_running_loop().create_task(
+            self.ws.close(int(code), reason)
+        )
 
-
-_closing: set[asyncio.Task[None]] = set()
+    async def wait_closed(self) -> None:
+        """Let a close started by `close` finish: the handler must not return first, or
+        websockets would close with 1000 instead of our code."""
+        if self._close_task is not None:
+            await asyncio.shield(self._close_task)

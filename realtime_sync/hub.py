@@ -25,7 +25,7 @@ from realtime_sync.core.protocol import Subscribe
 from realtime_sync.core.resume import Buffered, ResumeBuffers
 from realtime_sync.core.routing import Registry, recipients
 from realtime_sync.metrics import Metrics
-from realtime_sync.state import ShareLists, StateUnavailable
+from realtime_sync.state import ResumeSnapshots, ShareLists, StateUnavailable
 
 log = logging.getLogger(__name__)
 ROUTE_WORKERS = 32
@@ -76,8 +76,10 @@ class Hub:
         dedupe_max_ids: int,
         resume_window_s: float,
         resume_max_events: int,
-        clock: Callable[[], float] = time.monotonic,
+        snapshots: ResumeSnapshots | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.snapshots = snapshots
         self.registry: Registry[ClientConnection] = Registry()
         self.shares = shares
         self.metrics = metrics
@@ -191,22 +193,37 @@ class Hub:
                 self.metrics.delivery_latency.observe(max(0.0, time.time() - published_at))
         return Verdict.SUCCESS
 
-    def resume(self, conn: ClientConnection, msg: Subscribe) -> list[bytes] | None:
-        """Frames this connection missed after msg.since for this subscription, or None."""
+    async def resume(self, conn: ClientConnection, msg: Subscribe) -> list[bytes] | None:
+        """Frames this connection missed after msg.since for this subscription, or None.
+
+        On a miss, a snapshot saved by a previous run of the service (at its shutdown) is
+        merged in first, so clients resume across a restart.
+        """
         assert msg.since is not None
-        if msg.all:
+        wanted = msg.task_key
 
-            def matches(task_key: str) -> bool:
-                return True
-        else:
-            wanted = msg.task_key
-
-            def matches(task_key: str) -> bool:
-                return task_key == wanted
+        def matches(task_key: str) -> bool:
+            return wanted is None or task_key == wanted
 
         frames = self.buffers.since(conn.user_id, msg.since, self.clock(), matches)
+        if frames is None and self.snapshots is not None:
+            try:
+                older = await self.snapshots.load(conn.user_id)
+            except StateUnavailable as exc:
+                log.warning("resume snapshot unreadable", extra={"reason": str(exc)})
+                older = []
+            if older and self.buffers.restore(conn.user_id, older, self.clock()):
+                frames = self.buffers.since(conn.user_id, msg.since, self.clock(), matches)
         self.metrics.resume.labels("recovered" if frames is not None else "not_recovered").inc()
         return frames
+
+    async def save_snapshots(self) -> int:
+        """Save the resume buffers of the users connected now (called by the drain)."""
+        if self.snapshots is None:
+            return 0
+        now = self.clock()
+        users = {c.user_id for c in self.registry}
+        return await self.snapshots.save({u: self.buffers.entries(u, now) for u in users})
 
     # -- connections -------------------------------------------------------------------
 

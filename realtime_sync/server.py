@@ -227,7 +227,8 @@ class Gateway:
             async for message in ws:
                 if conn.closing:
                     break
-                self._on_frame(conn, message)
+                await self._on_frame(conn, message)
+            await conn.wait_closed()
         except ConnectionClosed:
             pass
         finally:
@@ -282,7 +283,7 @@ class Gateway:
             delay, conn.close, CloseCode.TOKEN_EXPIRED, "token expired"
         )
 
-    def _on_frame(self, conn: ClientConnection, raw: str | bytes) -> None:
+    async def _on_frame(self, conn: ClientConnection, raw: str | bytes) -> None:
         now = time.monotonic()
         if not conn.bucket.allow(now):
             conn.close(CloseCode.TOO_MANY, "too many messages")
@@ -295,7 +296,7 @@ class Gateway:
             case Ping():
                 conn.send(pong_frame(msg.id))
             case Subscribe():
-                self._subscribe(conn, msg)
+                await self._subscribe(conn, msg)
             case Unsubscribe():
                 conn.subscriptions.remove(msg.task_key)
                 if msg.all:
@@ -307,7 +308,7 @@ class Gateway:
             case Auth():
                 conn.send(error_frame("already_authenticated", "already authenticated", msg.id))
 
-    def _subscribe(self, conn: ClientConnection, msg: Subscribe) -> None:
+    async def _subscribe(self, conn: ClientConnection, msg: Subscribe) -> None:
         subs = conn.subscriptions
         key = msg.task_key
         is_new = (not subs.all) if key is None else key not in subs.tasks
@@ -319,7 +320,9 @@ class Gateway:
             self.records.touched(conn)
             conn.send(subscribed_frame(msg))
             return
-        frames = self.hub.resume(conn, msg)
+        frames = await self.hub.resume(conn, msg)
+        if conn.closing:
+            return
         subs.add(key)
         self.records.touched(conn)
         if frames is None:

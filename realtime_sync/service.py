@@ -23,7 +23,7 @@ from realtime_sync.hub import Hub
 from realtime_sync.metrics import Metrics
 from realtime_sync.presence import ConnectionRecords, lookup_presence
 from realtime_sync.server import Gateway, Readiness
-from realtime_sync.state import DaprState, ShareLists
+from realtime_sync.state import DaprState, ResumeSnapshots, ShareLists, StateUnavailable
 from realtime_sync.static import load_board
 from realtime_sync.subscriber import Subscriber
 
@@ -59,6 +59,7 @@ class Service:
             dedupe_max_ids=s.dedupe_max_ids,
             resume_window_s=s.resume_window_s,
             resume_max_events=s.resume_max_events,
+            snapshots=ResumeSnapshots(state, ttl_s=int(s.resume_window_s)),
         )
         records = ConnectionRecords(state, replica=s.replica_id, ttl_s=s.connection_ttl_s)
         verifier = TokenVerifier(
@@ -134,6 +135,12 @@ class Service:
         hub.draining = True
         await asyncio.to_thread(subscriber.stop, GRPC_GRACE_S)
         await hub.wait_idle()
+        try:
+            async with asyncio.timeout(3):
+                saved = await hub.save_snapshots()
+            log.info("resume buffers saved", extra={"users": saved})
+        except (TimeoutError, StateUnavailable) as exc:
+            log.warning("resume buffers not saved", extra={"reason": str(exc) or "timeout"})
         await gateway.close_all(self.settings.drain_s)
         if gateway.server is not None:
             gateway.server.close(close_connections=True)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from realtime_sync.core.resume import Buffered, decode_snapshot, encode_snapshot
 from realtime_sync.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -278,6 +279,33 @@ class ShareLists:
             self.remember(task_key, users)
             return users
         raise ConflictError(task_key)
+
+
+class ResumeSnapshots:
+    """`resume:{user_id}`: a user's recent events, saved at shutdown for the clients being
+    closed, so they resume across a restart of the service instead of resyncing."""
+
+    PREFIX = "resume:"
+    MAX_EVENTS = 200
+    BATCH = 100
+
+    def __init__(self, state: DaprState, *, ttl_s: int) -> None:
+        self._state = state
+        self._ttl = max(1, ttl_s)
+
+    async def save(self, snapshots: dict[str, list[Buffered]]) -> int:
+        items = [
+            (self.PREFIX + user, encode_snapshot(entries, self.MAX_EVENTS))
+            for user, entries in snapshots.items()
+            if entries
+        ]
+        for start in range(0, len(items), self.BATCH):
+            await self._state.save_many(items[start : start + self.BATCH], ttl_s=self._ttl)
+        return len(items)
+
+    async def load(self, user_id: str) -> list[Buffered]:
+        raw, _ = await self._state.get(self.PREFIX + user_id)
+        return decode_snapshot(raw)
 
 
 _background: set[asyncio.Task[Any]] = set()

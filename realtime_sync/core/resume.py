@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,28 @@ class ResumeBuffers:
                 return [e.frame for e in list(buf)[index + 1 :] if matches(e.task_key)]
         return None
 
+    def entries(self, user_id: str, now: float) -> list[Buffered]:
+        """The user's buffered events, oldest first (for a snapshot)."""
+        buf = self._users.get(user_id)
+        if not buf:
+            return []
+        self._trim(buf, now)
+        return list(buf)
+
+    def restore(self, user_id: str, older: list[Buffered], now: float) -> int:
+        """Put events from a snapshot before the ones buffered since, skipping known ids
+        and expired entries; the count bound keeps the newest. Returns how many were added."""
+        buf = self._users.get(user_id)
+        current = list(buf) if buf else []
+        known = {e.event_id for e in current}
+        cutoff = now - self._window
+        added = [e for e in older if e.event_id not in known and e.at >= cutoff]
+        if not added:
+            return 0
+        merged = deque(added + current, maxlen=self._max)
+        self._users[user_id] = merged
+        return len(added)
+
     def purge(self, now: float) -> None:
         """Drop expired entries and users whose buffers are empty."""
         for user_id in list(self._users):
@@ -69,3 +94,35 @@ class ResumeBuffers:
         cutoff = now - self._window
         while buf and buf[0].at < cutoff:
             buf.popleft()
+
+
+def encode_snapshot(entries: list[Buffered], limit: int) -> bytes:
+    """The newest `limit` entries of a user's buffer, for the state store."""
+    return orjson.dumps(
+        [[e.event_id, e.task_key, e.frame.decode(), e.at] for e in entries[-limit:]]
+    )
+
+
+def decode_snapshot(raw: bytes) -> list[Buffered]:
+    """Entries of a stored snapshot; anything malformed is skipped."""
+    if not raw:
+        return []
+    try:
+        value: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return []
+    if not isinstance(value, list):
+        return []
+    found: list[Buffered] = []
+    for item in value:
+        if (
+            isinstance(item, list)
+            and len(item) == 4
+            and isinstance(item[0], str)
+            and isinstance(item[1], str)
+            and isinstance(item[2], str)
+            and isinstance(item[3], int | float)
+            and not isinstance(item[3], bool)
+        ):
+            found.append(Buffered(item[0], item[1], item[2].encode(), float(item[3])))
+    return found

@@ -212,7 +212,18 @@ class SidecarRuntime:
                     "capabilities": ["ETAG", "TRANSACTIONAL", "TTL"],
                 },
             ],
+            # daprd's field names (GET /v1.0/metadata): a restarted app reads from here that
+            # it is subscribed, since ListTopicSubscriptions is called once per sidecar life.
             "subscriptions": [
-                s.describe() for instance in self.instances for s in instance.subscriptions
+                {
+                    "pubsubname": s.pubsub_name,
+                    "topic": s.topic,
+                    "deadLetterTopic": s.dead_letter_topic,
+                    "metadata": dict(s.metadata),
+                    "rules": [{"match": r.match, "path": r.path} for r in s.rules],
+                    "type": "PROGRAMMATIC",
+                }
+                for instance in self.instances
+                for s in instance.subscriptions
             ],
         }

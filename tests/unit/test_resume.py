@@ -97,3 +97,39 @@ def test_a_repeated_id_replays_from_its_latest_occurrence() -> None:
     for n in (1, 2, 1, 3):
         buffers.append("alice", _entry(n))
     assert buffers.since("alice", "e1", 0.0, _everything) == [b"frame-3"]
+
+
+def test_a_snapshot_round_trips_and_restores_before_newer_events() -> None:
+    """Events saved at shutdown are merged before the ones routed since, without dups."""
+    from realtime_sync.core.resume import decode_snapshot, encode_snapshot
+
+    old = [Buffered(f"e{i}", "1", f'{{"n":{i}}}'.encode(), 100.0 + i) for i in range(3)]
+    raw = encode_snapshot(old, limit=2)
+    restored = decode_snapshot(raw)
+    assert [e.event_id for e in restored] == ["e1", "e2"]
+    assert restored[0].frame == b'{"n":1}'
+
+    buffers = ResumeBuffers(window_s=60, max_events=10)
+    buffers.append("u", Buffered("e2", "1", b"{}", 103.0))
+    buffers.append("u", Buffered("e3", "1", b"{}", 104.0))
+    assert buffers.restore("u", restored, now=110.0) == 1
+    assert [e.event_id for e in buffers.entries("u", now=110.0)] == ["e1", "e2", "e3"]
+    assert buffers.since("u", "e1", 110.0, lambda _: True) == [b"{}", b"{}"]
+
+
+def test_a_malformed_snapshot_decodes_to_nothing_usable() -> None:
+    from realtime_sync.core.resume import decode_snapshot
+
+    assert decode_snapshot(b"") == []
+    assert decode_snapshot(b"not json") == []
+    assert decode_snapshot(b'{"a":1}') == []
+    assert decode_snapshot(
+        b'[["e", "1", "{}", true], ["e", 1, "{}", 1.0], ["ok", "1", "{}", 1]]'
+    ) == [Buffered("ok", "1", b"{}", 1.0)]
+
+
+def test_restore_skips_expired_entries() -> None:
+    buffers = ResumeBuffers(window_s=10, max_events=10)
+    added = buffers.restore("u", [Buffered("old", "1", b"{}", 1.0)], now=100.0)
+    assert added == 0
+    assert buffers.entries("u", now=100.0) == []
