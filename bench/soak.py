@@ -1,0 +1,302 @@
+"""Soak: many connections, a steady event rate, for minutes; counts lost and duplicated.
+
+Runs the dev sidecar and the service as processes, opens CONNECTIONS WebSocket clients
+(2 per user, all subscribed to everything) in a separate client process, and publishes
+RATE events/s through the sidecar's Dapr publish API: each event owned by a random user
+and shared with two others (the "personal" shape: 6 frames per event). At the end it
+prints lost and duplicated deliveries, latency percentiles (publish → receipt, measured
+in the client process) and the service's RSS at the start and the end.
+
+    .venv/bin/python bench/soak.py --connections 2000 --rate 200 --duration 600
+
+Not part of `make test`; loopback only; every loop is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import random
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "soak-test-secret-" + "s" * 32
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status < 300:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"not ready in time: {url}")
+
+
+def raise_fd_limit() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# -- the client process --------------------------------------------------------------------
+
+
+def client_main(url: str, tokens: list[str], ready: Any, stop: Any, out: str) -> None:
+    raise_fd_limit()
+    asyncio.run(_clients(url, tokens, ready, stop, out))
+
+
+async def _clients(url: str, tokens: list[str], ready: Any, stop: Any, out: str) -> None:
+    from websockets.asyncio.client import connect
+
+    received: list[dict[str, int]] = [{} for _ in tokens]
+    latencies: list[float] = []
+    closed: list[int] = []
+
+    async def one(index: int, token: str) -> None:
+        try:
+            async with connect(
+                url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=60
+            ) as ws:
+                await ws.recv()
+                await ws.send('{"type":"subscribe","all":true}')
+                await ws.recv()
+                ready_count[0] += 1
+                async for raw in ws:
+                    frame = json.loads(raw)
+                    if frame.get("type") != "task_update":
+                        continue
+                    seen = received[index]
+                    event_id = frame["event_id"]
+                    seen[event_id] = seen.get(event_id, 0) + 1
+                    sent = (frame.get("data") or {}).get("sent_at")
+                    if sent:
+                        latencies.append(time.time() - sent)
+        except Exception:  # noqa: BLE001 - counted as a dropped connection
+            closed.append(index)
+
+    ready_count = [0]
+    tasks = []
+    for i, token in enumerate(tokens):
+        tasks.append(asyncio.create_task(one(i, token)))
+        if i % 200 == 199:
+            await asyncio.sleep(0.2)
+    deadline = time.monotonic() + 120
+    while ready_count[0] < len(tokens) and time.monotonic() < deadline:  # noqa: ASYNC110 - a counter, bounded
+        await asyncio.sleep(0.2)
+    ready.set()
+    while not stop.is_set():  # noqa: ASYNC110 - a multiprocessing Event cannot be awaited
+        await asyncio.sleep(0.2)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    payload = json.dumps({"received": received, "latencies": latencies, "dropped": closed})
+    await asyncio.to_thread(Path(out).write_text, payload)
+
+
+# -- the driver ----------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=2000)
+    parser.add_argument("--rate", type=float, default=200.0, help="events per second")
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of publishing")
+    parser.add_argument("--grace", type=float, default=10.0, help="seconds to wait at the end")
+    args = parser.parse_args()
+    raise_fd_limit()
+    sys.path.insert(0, str(ROOT))
+    from realtime_sync.core.auth import mint_token
+
+    users = [f"user-{i}" for i in range(max(3, args.connections // 2))]
+    conn_users = [users[i // 2] for i in range(args.connections)]
+    tokens = [mint_token(u, secret=SECRET, ttl_s=7200, now=time.time()) for u in conn_users]
+
+    grpc_port, http_port, app_port, ws_port = (free_port() for _ in range(4))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAPR_", "APP_", "JWT_"))}
+    env.update(
+        {
+            "JWT_SECRET": SECRET,
+            "WS_PORT": str(ws_port),
+            "APP_PORT": str(app_port),
+            "DAPR_HTTP_PORT": str(http_port),
+            "DAPR_GRPC_PORT": str(grpc_port),
+            "LOG_LEVEL": "warning",
+            "MAX_CONNECTIONS": str(args.connections + 100),
+        }
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="soak-"))
+    sidecar = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "realtime_sync.devsidecar",
+            "--grpc-port",
+            str(grpc_port),
+            "--http-port",
+            str(http_port),
+            "--app-port",
+            str(app_port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=(workdir / "sidecar.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    service = subprocess.Popen(
+        [sys.executable, "-m", "realtime_sync", "serve"],
+        env=env,
+        cwd=ROOT,
+        stdout=(workdir / "service.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{ws_port}/readyz", 30)
+        ctx = multiprocessing.get_context("spawn")
+        ready, stop = ctx.Event(), ctx.Event()
+        out = str(workdir / "clients.json")
+        clients = ctx.Process(
+            target=client_main, args=(f"ws://127.0.0.1:{ws_port}/ws", tokens, ready, stop, out)
+        )
+        clients.start()
+        if not ready.wait(180):
+            raise SystemExit("clients did not connect in time")
+        time.sleep(2)
+        rss_start = rss_kib(service.pid)
+        print(f"{args.connections} connections open; service RSS {rss_start / 1024:.1f} MiB")
+
+        expected: dict[str, list[str]] = {}
+        url = f"http://127.0.0.1:{http_port}/v1.0/publish/pubsub/task-updates"
+        rng = random.Random(7)
+        errors = 0
+        started = time.monotonic()
+        n = 0
+        lock = threading.Lock()
+
+        def publish(body: bytes) -> None:
+            nonlocal errors
+            request = urllib.request.Request(
+                url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10):
+                    pass
+            except OSError:
+                with lock:
+                    errors += 1
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            while (elapsed := time.monotonic() - started) < args.duration:
+                due = int(elapsed * args.rate)
+                while n < due:
+                    owner, *shared = rng.sample(users, 3)
+                    event_id = f"soak-{n}"
+                    expected[event_id] = [owner, *shared]
+                    body = json.dumps(
+                        {
+                            "type": "TASK_CHANGED",
+                            "user_id": owner,
+                            "task_id": n % 5000,
+                            "id": event_id,
+                            "data": {"title": f"task {n}", "sent_at": time.time()},
+                            "metadata": {"shared_with": shared},
+                        }
+                    ).encode()
+                    pool.submit(publish, body)
+                    n += 1
+                if int(elapsed) % 60 == 0 and int(elapsed) and n % int(args.rate) == 0:
+                    print(
+                        f"  t={int(elapsed)}s events={n} RSS {rss_kib(service.pid) / 1024:.1f} MiB"
+                    )
+                time.sleep(0.005)
+        time.sleep(args.grace)
+        rss_end = rss_kib(service.pid)
+        stop.set()
+        clients.join(60)
+        result = json.loads(Path(out).read_text())
+    finally:
+        for proc in (service, sidecar):
+            proc.send_signal(signal.SIGTERM)
+        for proc in (service, sidecar):
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    by_user: dict[str, list[int]] = {}
+    for index, user in enumerate(conn_users):
+        by_user.setdefault(user, []).append(index)
+    received: list[dict[str, int]] = result["received"]
+    dropped = set(result["dropped"])
+    lost = dups = delivered = 0
+    for event_id, recipients in expected.items():
+        for user in recipients:
+            for index in by_user[user]:
+                if index in dropped:
+                    continue
+                count = received[index].get(event_id, 0)
+                delivered += min(count, 1)
+                lost += count == 0
+                dups += max(0, count - 1)
+    lat = sorted(result["latencies"])
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
+
+    summary = {
+        "connections": args.connections,
+        "rate": args.rate,
+        "duration_s": args.duration,
+        "events_published": n,
+        "publish_errors": errors,
+        "deliveries_expected": delivered + lost,
+        "delivered": delivered,
+        "lost": lost,
+        "duplicated": dups,
+        "dropped_connections": len(dropped),
+        "latency_ms": {
+            "p50": round(pct(0.5), 2),
+            "p99": round(pct(0.99), 2),
+            "max": round(pct(1.0), 2),
+        },
+        "rss_mib": {"start": round(rss_start / 1024, 1), "end": round(rss_end / 1024, 1)},
+    }
+    print(json.dumps(summary, indent=2))
+    return 0 if lost == 0 and dups == 0 and not dropped else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
