@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import signal
 import socket
 import time
 import urllib.error
@@ -352,31 +353,74 @@ async def test_get_presence_lists_a_users_open_connections(limited: ServiceProce
 
 
 async def test_a_sidecar_outage_drops_no_connection_and_loses_no_event(tmp_path: Any) -> None:
+    """The sidecar is killed under load for 10 s: connections stay, /readyz reports it,
+    and every event it held is delivered once after it returns."""
     journal = str(tmp_path / "journal.jsonl")
     with running_stack(
         "outage",
         sidecar_args=["--journal", journal, "--retry-initial-s", "0.2", "--max-retries", "-1"],
     ) as stack:
-        async with stack.client("out-u") as client:
-            for i in range(20):
-                stack.publish(event("out-u", i, f"o-{i}"))
-            before = [f["event_id"] for f in await client.updates(20)]
-            stack.sidecar.kill()
+        async with stack.client("out-u") as client, stack.client("out-u") as second:
+            for i in range(150):
+                stack.publish(event("out-u", i % 10, f"o-{i}"))
+            stack.sidecar.kill()  # mid-stream: some events are still pending in the sidecar
             killed = time.monotonic()
             wait_until(lambda: stack.readyz() == 503, 5, message="readyz still 200")
             assert time.monotonic() - killed < 5
-            await asyncio.sleep(3)
-            await client.send({"type": "ping"})  # the connection survived
-            assert await client.next() == {"type": "pong"}
+            await asyncio.sleep(max(0.0, 10 - (time.monotonic() - killed)))
+            await client.send({"type": "ping"})  # the connection survived the outage
             stack.sidecar.start()
             back = time.monotonic()
             wait_until(lambda: stack.readyz() == 200, 5, message="readyz not back")
             assert time.monotonic() - back < 5
-            for i in range(20, 40):
-                stack.publish(event("out-u", i, f"o-{i}"))
-            after = [f["event_id"] for f in await client.updates(20, timeout=15)]
-            assert sorted(before + after) == sorted(f"o-{i}" for i in range(40))
-            assert await client.silence(0.5) == []
+            for i in range(150, 200):
+                stack.publish(event("out-u", i % 10, f"o-{i}"))
+            for conn in (client, second):
+                frames = await conn.updates(200, timeout=30)
+                ids = [f["event_id"] for f in frames]
+                assert sorted(ids) == sorted(f"o-{i}" for i in range(200))
+                assert [f for f in await conn.silence(0.5) if f["type"] != "pong"] == []
+
+
+async def test_a_client_that_stops_answering_pings_is_closed_and_forgotten() -> None:
+    with running_stack("heartbeat", service_env_extra={"HEARTBEAT_S": "0.5"}) as stack:
+        silent = stalled_reader(stack.ws_port, stack.token("hb-u"))
+        try:
+            wait_until(
+                lambda: stack.metric("realtime_sync_connections") == 1, 5, message="not open"
+            )
+            # ping every 0.5 s, pong due within 0.5 s, then the close handshake's 5 s
+            wait_until(
+                lambda: stack.metric("realtime_sync_connections") == 0,
+                10,
+                message="a client that never answers pings is still registered",
+            )
+        finally:
+            silent.close()
+
+
+async def test_sigterm_closes_clients_over_a_jittered_window() -> None:
+    with running_stack("drain-spread", service_env_extra={"DRAIN_S": "2"}) as stack:
+        closed_at: list[float] = []
+
+        async def wait_close(index: int) -> None:
+            async with stack.client(f"drain-{index}") as client:
+                assert await close_code(client.ws, timeout=15) == 1001
+                closed_at.append(time.monotonic())
+
+        waiters = [asyncio.create_task(wait_close(i)) for i in range(12)]
+        await asyncio.to_thread(
+            wait_until,
+            lambda: stack.metric("realtime_sync_connections") == 12,
+            5,
+            message="not all open",
+        )
+        assert stack.proc is not None
+        stack.proc.send_signal(signal.SIGTERM)
+        await asyncio.gather(*waiters)
+        assert await asyncio.to_thread(stack.proc.wait, 25) == 0
+        spread = max(closed_at) - min(closed_at)
+        assert 0.5 < spread <= 2.5, f"closes spread over {spread:.2f} s"
 
 
 async def test_resume_works_across_a_service_restart() -> None:
