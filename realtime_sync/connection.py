@@ -102,6 +102,32 @@ class ClientConnection:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
         return True
 
+    def send_encoded(self, frame: bytes, wire: bytes) -> bool:
+        """`send` for a frame whose WebSocket encoding (`wire`, see `encode_text_frame`) was
+        built once for every target: written as-is, with no per-connection framing, when
+        the direct path applies; otherwise exactly `send(frame)` (outbox, bound, 4008).
+
+        Server frames are unmasked, so the bytes are the same for every connection unless
+        an extension (permessage-deflate) rewrites them: then `send` frames it itself.
+        """
+        ws = self.ws
+        if (
+            self.close_code is None
+            and self._writer is None
+            and not self.outbox
+            and not ws.protocol.extensions
+            and ws.protocol.state is State.OPEN
+        ):
+            transport: Any = ws.transport
+            if transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
+                try:
+                    transport.write(wire)
+                except Exception:  # noqa: BLE001 - a dying socket; its handler cleans up
+                    log.debug("direct write failed", extra={"connection_id": self.connection_id})
+                    return False
+                return True
+        return self.send(frame)
+
     async def _drain(self) -> None:
         try:
             while self.outbox and self.close_code is None:
@@ -120,12 +146,20 @@ class ClientConnection:
         if self.expiry_timer is not None:
             self.expiry_timer.cancel()
         self._on_close(self, code)
-        self._close_task = asyncio.get_running_loop().create_task(
-            self.ws.close(int(code), reason)
-        )
+        self._close_task = asyncio.get_running_loop().create_task(self.ws.close(int(code), reason))
 
     async def wait_closed(self) -> None:
         """Let a close started by `close` finish: the handler must not return first, or
         websockets would close with 1000 instead of our code."""
         if self._close_task is not None:
             await asyncio.shield(self._close_task)
+
+
+def encode_text_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented WebSocket text frame (RFC 6455 5.2), as a server sends it."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 1 << 16:
+        return bytes((0x81, 126)) + size.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + size.to_bytes(8, "big") + payload

@@ -1,9 +1,16 @@
 """The event loop side of delivery: hand-off queue → route → fan-out.
 
 gRPC handler threads hand each parsed event over as a Handoff. One crossing into the
-loop (call_soon_threadsafe), one back (the concurrent Future's result). A capacity
-semaphore, taken in the thread with a short wait, keeps the asyncio queue bounded; a
+loop, one back (the concurrent Future's result). Hand-offs land in an inbox that one
+loop callback drains (call_soon_threadsafe only when no drain is pending, so a burst
+costs one wake-up). An event whose share list is cached is routed right there, with no
+task switch; one that needs the state store goes to the routing workers, and later
+events of the same task follow it there, so per-task order is kept. A capacity
+semaphore, taken in the thread with a short wait, keeps the hand-offs bounded; a
 hand-off the thread gave up on is never routed late (its claim is checked under a lock).
+
+Fan-out: the event is serialised once and framed once (`encode_text_frame`); the same
+bytes are written to every target socket that can take them directly.
 """
 
 from __future__ import annotations
@@ -14,10 +21,11 @@ import enum
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from realtime_sync.connection import ClientConnection
+from realtime_sync.connection import ClientConnection, encode_text_frame
 from realtime_sync.core.dedupe import SeenIds
 from realtime_sync.core.events import TaskEvent, encode_update
 from realtime_sync.core.outcomes import CloseCode, Verdict
@@ -93,6 +101,9 @@ class Hub:
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._inbox: deque[Handoff] = deque()
+        self._wake_pending = False
+        self._slow_keys: dict[str, int] = {}
 
     # -- from gRPC threads -------------------------------------------------------------
 
@@ -100,17 +111,55 @@ class Hub:
         """Thread side: enqueue, waiting up to wait_s for room. False = full (RETRY)."""
         if not self.capacity.acquire(timeout=wait_s):
             return False
-        try:
-            self.loop.call_soon_threadsafe(self._enqueue, handoff)
-        except RuntimeError:  # loop closed: shutting down
-            self.capacity.release()
-            return False
+        self._inbox.append(handoff)
+        if not self._wake_pending:
+            # The loop clears the flag before it drains, so an append it may miss always
+            # finds the flag cleared and schedules another drain.
+            self._wake_pending = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain_inbox)
+            except RuntimeError:  # loop closed: shutting down
+                self._wake_pending = False
+                try:
+                    self._inbox.remove(handoff)
+                except ValueError:
+                    return True  # a drain took it after all
+                self.capacity.release()
+                return False
         return True
 
-    def _enqueue(self, handoff: Handoff) -> None:
-        self.queue.put_nowait(handoff)  # never full: the semaphore holds the bound
+    def _drain_inbox(self) -> None:
+        """On the loop: route what can be routed now, queue the rest for the workers."""
+        self._wake_pending = False
+        inbox = self._inbox
+        if inbox:
+            self._idle.clear()
+        while inbox:
+            handoff = inbox.popleft()
+            event = handoff.event
+            key = event.task_key
+            shared = None
+            if event.shared_with is None and key not in self._slow_keys:
+                shared = self.shares.cached(key)
+            if shared is None:
+                self._slow_keys[key] = self._slow_keys.get(key, 0) + 1
+                self.queue.put_nowait(handoff)  # never full: the semaphore holds the bound
+                continue
+            try:
+                if handoff.take():
+                    try:
+                        verdict = self._route_cached(event, handoff.published_at, shared)
+                    except Exception:
+                        log.exception(
+                            "routing crashed; answering RETRY", extra={"event_id": event.event_id}
+                        )
+                        verdict = Verdict.RETRY
+                    handoff.result.set_result(verdict)
+            finally:
+                self.capacity.release()
         self.metrics.handoff_depth.set(self.queue.qsize())
-        self._idle.clear()
+        if self.queue.empty() and self._busy == 0:
+            self._idle.set()
 
     # -- on the loop -------------------------------------------------------------------
 
@@ -125,6 +174,7 @@ class Hub:
         while True:
             handoff = await self.queue.get()
             self._busy += 1
+            key = handoff.event.task_key
             try:
                 if not handoff.take():
                     continue
@@ -145,6 +195,11 @@ class Hub:
                 handoff.result.set_result(verdict)
             finally:
                 self._busy -= 1
+                left = self._slow_keys.get(key, 1) - 1
+                if left > 0:
+                    self._slow_keys[key] = left
+                else:
+                    self._slow_keys.pop(key, None)
                 self.capacity.release()
                 self.queue.task_done()
                 self.metrics.handoff_depth.set(self.queue.qsize())
@@ -176,15 +231,34 @@ class Hub:
             if self.seen.seen(event.event_id, now):  # routed by another worker meanwhile
                 self.metrics.events_duplicate.inc()
                 return Verdict.SUCCESS
+        return self._deliver(event, published_at, shared, now)
+
+    def _route_cached(
+        self, event: TaskEvent, published_at: float | None, shared: tuple[str, ...]
+    ) -> Verdict:
+        """`route` for an event whose share list is cached: synchronous, no state call."""
+        now = self.clock()
+        if self.seen.seen(event.event_id, now):
+            self.metrics.events_duplicate.inc()
+            return Verdict.SUCCESS
+        return self._deliver(event, published_at, shared, now)
+
+    def _deliver(
+        self, event: TaskEvent, published_at: float | None, shared: tuple[str, ...], now: float
+    ) -> Verdict:
+        key = event.task_key
         frame = encode_update(event)
         users = recipients(event.user_id, shared)
         entry = Buffered(event.event_id, key, frame, now)
         for user in users:
             self.buffers.append(user, entry)
         sent = 0
-        for conn in self.registry.targets(users, key):
-            if conn.send(frame):
-                sent += 1
+        targets = self.registry.targets(users, key)
+        if targets:
+            wire = encode_text_frame(frame)
+            for conn in targets:
+                if conn.send_encoded(frame, wire):
+                    sent += 1
         self.seen.add(event.event_id, now)
         if sent:
             self.metrics.messages_sent.inc(sent)

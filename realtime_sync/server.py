@@ -234,6 +234,7 @@ class Gateway:
         finally:
             if conn.expiry_timer is not None:
                 conn.expiry_timer.cancel()
+            self.metrics.subscriptions.dec(len(conn.subscriptions))
             self.hub.unregister(conn)
             self.records.closed(conn)
             log.info(
@@ -298,9 +299,11 @@ class Gateway:
             case Subscribe():
                 await self._subscribe(conn, msg)
             case Unsubscribe():
+                before = len(conn.subscriptions)
                 conn.subscriptions.remove(msg.task_key)
                 if msg.all:
                     conn.subscriptions.clear()
+                self.metrics.subscriptions.dec(before - len(conn.subscriptions))
                 self.records.touched(conn)
                 conn.send(unsubscribed_frame(msg))
             case Refresh():
@@ -317,22 +320,31 @@ class Gateway:
             return
         if msg.since is None:
             subs.add(key)
-            self.records.touched(conn)
+            self._subscribed(conn, is_new)
             conn.send(subscribed_frame(msg))
             return
         frames = await self.hub.resume(conn, msg)
         if conn.closing:
             return
         subs.add(key)
-        self.records.touched(conn)
+        self._subscribed(conn, is_new)
         if frames is None:
             conn.send(resync_required_frame(msg))
             conn.send(subscribed_frame(msg, recovered=False))
             return
         conn.send(subscribed_frame(msg, recovered=True, replayed=len(frames)))
+        sent = 0
         for frame in frames:
             if not conn.send(frame):
                 break
+            sent += 1
+        self.metrics.messages_sent.inc(sent)
+        self.metrics.bytes_sent.inc(sum(len(f) for f in frames[:sent]))
+
+    def _subscribed(self, conn: ClientConnection, is_new: bool) -> None:
+        if is_new:
+            self.metrics.subscriptions.inc()
+        self.records.touched(conn)
 
     def _refresh(self, conn: ClientConnection, msg: Refresh) -> None:
         try:
