@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test check lint typecheck clean
+.PHONY: install run test check lint typecheck clean bench e2e-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,9 +18,18 @@ install: $(STAMP)
 run: install
 	$(VENV)/bin/realtime-sync dev
 
-## test: unit and integration tests (real processes, sockets and gRPC)
-test: install
-	$(PY) -m pytest
+## test: unit and integration tests (real processes, sockets and gRPC), the Node tests of
+## the browser client and the board in headless chromium
+test: install e2e-deps
+	REALTIME_SYNC_REQUIRE_E2E=1 $(PY) -m pytest
+
+## e2e-deps: the browser client's test dependencies and Debian's chromium (for Playwright)
+e2e-deps:
+	cd clients/js && npm ci --no-audit --no-fund --loglevel=error
+	@test -x /usr/bin/chromium || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -28,6 +37,11 @@ lint: install
 
 typecheck: install
 	$(VENV)/bin/mypy
+
+## bench: the benchmark suite (bench/RESULTS.md); not part of `make test`. ~6-8 minutes.
+bench: install
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 ## check: the whole quality gate
 check: lint typecheck test

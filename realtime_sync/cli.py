@@ -78,8 +78,10 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     env.setdefault("APP_PORT", "50051")
     env.setdefault("WS_PORT", "8080")
     env.setdefault("LOG_FORMAT", "text")
+    env["BOARD"] = "true"
     sidecar = subprocess.Popen([sys.executable, "-m", "realtime_sync.devsidecar"], env=env)
     service: subprocess.Popen[bytes] | None = None
+    demo: subprocess.Popen[bytes] | None = None
     try:
         if not _wait_http(f"http://127.0.0.1:{env['DAPR_HTTP_PORT']}/v1.0/healthz", 15):
             return _fail("the dev sidecar did not start (see its log above)")
@@ -89,11 +91,19 @@ def _cmd_dev(args: argparse.Namespace) -> int:
             return _fail("the service did not become ready (see its log above)")
         token = mint_token(DEV_USER, secret=env["JWT_SECRET"], ttl_s=24 * 3600, now=time.time())
         url = f"ws://localhost:{ws_port}/ws"
+        if not args.no_demo:
+            demo = subprocess.Popen(  # noqa: S603 - our interpreter, our module
+                [sys.executable, "-m", "realtime_sync", "demo", "--rate", str(args.demo_rate)],
+                env=env,
+            )
         print(
             f"""
 realtime-sync dev is running (dev sidecar: gRPC {env["DAPR_GRPC_PORT"]}, HTTP \
 {env["DAPR_HTTP_PORT"]}; app gRPC {env["APP_PORT"]}).
 
+  Live board    : http://localhost:{ws_port}/#token={token}
+                  ({"the demo publisher is feeding it" if demo else "publish events to fill it"}; \
+the token stays in the URL fragment, never sent to a server)
   WebSocket URL : {url}
   Demo user     : {DEV_USER}
   Token (24 h)  : {token}
@@ -114,15 +124,48 @@ Press Ctrl-C to stop.
     except KeyboardInterrupt:
         return 0
     finally:
-        for proc in (service, sidecar):
+        for proc in (demo, service, sidecar):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in (service, sidecar):
+        for proc in (demo, service, sidecar):
             if proc is not None:
                 try:
                     proc.wait(timeout=25)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import random  # noqa: PLC0415
+    import urllib.error  # noqa: PLC0415
+
+    from realtime_sync.demo import Publisher, Story, run_demo, sidecar_base_url  # noqa: PLC0415
+
+    if args.rate <= 0:
+        return _fail("--rate must be positive")
+    users = [u for u in args.users.split(",") if u]
+    if not users:
+        return _fail("--users must name at least one user")
+    publisher = Publisher(
+        sidecar_base_url(args.dapr_http_port),
+        pubsub=args.pubsub,
+        topic=args.topic,
+        api_token=os.environ.get("DAPR_API_TOKEN") or None,
+    )
+    story = Story(users, rng=random.Random(args.seed))  # noqa: S311 - a story, not a secret
+    print(
+        f"demo: publishing to {publisher.base_url} ({args.pubsub}/{args.topic}) "
+        f"for {', '.join(users)} at {args.rate:g} events/s",
+        flush=True,
+    )
+    try:
+        sent = run_demo(publisher, story, rate=args.rate, count=args.count, verbose=args.verbose)
+    except KeyboardInterrupt:
+        return 0
+    except (urllib.error.URLError, OSError) as exc:
+        return _fail(f"cannot publish through the Dapr sidecar at {publisher.base_url}: {exc}")
+    print(f"demo: published {sent} events", flush=True)
+    return 0
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
@@ -178,28 +221,76 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    from websockets.asyncio.client import connect  # noqa: PLC0415
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake  # noqa: PLC0415
+    from realtime_sync.client import (  # noqa: PLC0415
+        ClientError,
+        ConnectionState,
+        Reconnect,
+        ResyncRequired,
+        SyncClient,
+        TaskUpdate,
+    )
 
+    token_file: str | None = args.token_file
     token = args.token or os.environ.get("REALTIME_SYNC_TOKEN", "")
-    if not token:
-        return _fail("give --token (or set REALTIME_SYNC_TOKEN)")
+    if not token and not token_file:
+        return _fail("give --token or --token-file (or set REALTIME_SYNC_TOKEN)")
+
+    def read_token_file() -> str:
+        assert token_file is not None
+        try:
+            with open(token_file, encoding="utf-8") as handle:  # noqa: PTH123
+                return handle.read().strip()
+        except OSError as exc:
+            raise ClientError(f"cannot read --token-file: {exc.strerror}") from None
+
+    def on_state(state: ConnectionState) -> None:
+        print(f"# {state.value}", file=sys.stderr, flush=True)
+
+    def on_reconnect(info: Reconnect) -> None:
+        why = f"closed {info.close_code}" if info.close_code else info.reason or "no connection"
+        print(
+            f"# {why}; reconnecting in {info.delay_s:.1f} s (attempt {info.attempt})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    task_ids: list[int | str] = [int(t) if t.lstrip("-").isdigit() else t for t in args.task]
+    client = SyncClient(
+        args.url,
+        read_token_file if token_file else token,
+        subscribe_all=not task_ids,
+        task_ids=task_ids,
+        since=args.since,
+        on_state=on_state,
+        on_reconnect=on_reconnect,
+        backoff_cap_s=args.backoff_cap,
+    )
 
     async def watch() -> int:
         try:
-            async with connect(
-                args.url, additional_headers={"Authorization": f"Bearer {token}"}
-            ) as ws:
-                await ws.send(orjson.dumps({"type": "subscribe", "all": True}).decode())
-                async for message in ws:
-                    print(message if isinstance(message, str) else message.decode(), flush=True)
-        except ConnectionClosed as exc:
-            return _fail(
-                f"connection closed: {exc.rcvd.code if exc.rcvd else 1006} "
-                f"{exc.rcvd.reason if exc.rcvd else ''}"
-            )
-        except (OSError, InvalidHandshake) as exc:
-            return _fail(f"cannot connect to {args.url}: {exc}")
+            async with client:
+                async for item in client:
+                    match item:
+                        case TaskUpdate():
+                            line: dict[str, Any] = {
+                                "event_id": item.event_id,
+                                "action": item.action,
+                                "task_id": item.task_id,
+                                "user_id": item.user_id,
+                                "data": item.data,
+                                "timestamp": item.timestamp,
+                            }
+                            if item.metadata:
+                                line["metadata"] = item.metadata
+                            print(orjson.dumps(line).decode(), flush=True)
+                        case ResyncRequired():
+                            print(
+                                "# missed updates could not be replayed: refetch",
+                                file=sys.stderr,
+                                flush=True,
+                            )
+        except ClientError as exc:
+            return _fail(str(exc))
         return 0
 
     try:
@@ -228,8 +319,29 @@ def build_parser() -> argparse.ArgumentParser:
     sidecar.add_argument("sidecar_args", nargs=argparse.REMAINDER)
     sidecar.set_defaults(func=_cmd_sidecar)
 
-    dev = sub.add_parser("dev", help="dev sidecar + service on the default ports, with a token")
+    dev = sub.add_parser(
+        "dev", help="dev sidecar + service + live board + demo publisher on the default ports"
+    )
+    dev.add_argument("--no-demo", action="store_true", help="do not start the demo publisher")
+    dev.add_argument("--demo-rate", type=float, default=1.0, help="demo events per second (1)")
     dev.set_defaults(func=_cmd_dev)
+
+    demo = sub.add_parser(
+        "demo", help="publish a realistic stream of task events through Dapr (for the board)"
+    )
+    demo.add_argument("--rate", type=float, default=1.0, help="events per second (1)")
+    demo.add_argument("--count", type=int, default=None, help="stop after this many events")
+    demo.add_argument(
+        "--users", default=os.environ.get("DEMO_USERS", "alice,bob,carol"), help="comma list"
+    )
+    demo.add_argument("--seed", type=int, default=None, help="random seed (repeatable story)")
+    demo.add_argument("--verbose", "-v", action="store_true", help="print every event")
+    demo.add_argument("--pubsub", default=os.environ.get("PUBSUB_NAME", "pubsub"))
+    demo.add_argument("--topic", default=os.environ.get("TOPIC_NAME", "task-updates"))
+    demo.add_argument(
+        "--dapr-http-port", type=int, default=None, help="sidecar HTTP port (DAPR_HTTP_PORT)"
+    )
+    demo.set_defaults(func=_cmd_demo)
 
     token = sub.add_parser("token", help="mint an HS256 JWT with JWT_SECRET (development)")
     token.add_argument("user", help="user id to put in the token")
@@ -253,11 +365,27 @@ def build_parser() -> argparse.ArgumentParser:
     watch = sub.add_parser("watch", help="print a user's live updates (for operators)")
     watch.add_argument("--url", default="ws://localhost:8080/ws")
     watch.add_argument("--token", help="JWT (or REALTIME_SYNC_TOKEN)")
+    watch.add_argument(
+        "--token-file", help="file holding the JWT, read again before every reconnect"
+    )
+    watch.add_argument(
+        "--task", action="append", default=[], help="watch only this task (repeatable)"
+    )
+    watch.add_argument("--since", help="replay the updates after this event id first")
+    watch.add_argument(
+        "--backoff-cap", type=float, default=30.0, help="longest reconnect delay in s (30)"
+    )
     watch.set_defaults(func=_cmd_watch)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sidecar"]:
+        # The dev sidecar parses its own flags (`realtime-sync sidecar --help`).
+        from realtime_sync.devsidecar import main as sidecar_main  # noqa: PLC0415
+
+        return sidecar_main(argv[1:])
     args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code

@@ -133,6 +133,9 @@ class Gateway:
             close_timeout=5,
             open_timeout=10,
             server_header=None,
+            # asyncio's default backlog of 100 drops most of a reconnect storm's SYNs
+            # (retried by the kernel after 1, 3, 7 s); the kernel caps it at somaxconn.
+            backlog=4096,
         )
         return self.server
 

@@ -1,0 +1,319 @@
+// The browser client against the real service (started by tests/integration/test_client_js.py).
+// Node 20 has no global WebSocket: the `ws` package is injected through the `WebSocket` option.
+import assert from "node:assert/strict";
+import { createHmac, randomUUID } from "node:crypto";
+import net from "node:net";
+import { test } from "node:test";
+import WebSocket from "ws";
+
+import { RealtimeSyncClient, TokenRefusedError, backoffDelay } from "../realtime-sync.js";
+
+const WS_URL = process.env.RS_WS_URL;
+const PUBLISH_URL = process.env.RS_PUBLISH_URL;
+const SECRET = process.env.RS_JWT_SECRET;
+const CONTROL_URL = process.env.RS_CONTROL_URL;
+if (!WS_URL || !PUBLISH_URL || !SECRET || !CONTROL_URL) {
+  throw new Error("run these tests through tests/integration/test_client_js.py (it starts the service)");
+}
+
+function mintToken(user, ttlS = 3600) {
+  const b64 = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const now = Math.floor(Date.now() / 1000);
+  const signed = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ userId: user, sub: user, iat: now, exp: now + ttlS })}`;
+  return `${signed}.${createHmac("sha256", SECRET).update(signed).digest("base64url")}`;
+}
+
+async function publish(user, taskId, extra = {}) {
+  const id = randomUUID();
+  const event = { id, type: "TASK_CHANGED", user_id: user, task_id: taskId, data: { title: `t${taskId}` }, ...extra };
+  const reply = await fetch(PUBLISH_URL, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(event) });
+  assert.equal(reply.status, 204, await reply.text());
+  return id;
+}
+
+async function waitFor(predicate, timeoutMs = 8000, what = "condition") {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = predicate();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`${what} not met within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** A WebSocket class that records the URLs it was asked to open. */
+function recordingWebSocket(urls) {
+  return class extends WebSocket {
+    constructor(url, ...rest) {
+      urls.push(url);
+      super(url, ...rest);
+    }
+  };
+}
+
+function watch(client) {
+  const seen = { updates: [], states: [], reconnects: [], resyncs: 0, errors: [] };
+  client.addEventListener("update", (e) => seen.updates.push(e.detail));
+  client.addEventListener("state", (e) => seen.states.push(e.detail));
+  client.addEventListener("reconnect", (e) => seen.reconnects.push(e.detail));
+  client.addEventListener("resync", () => (seen.resyncs += 1));
+  client.addEventListener("error", (e) => seen.errors.push(e.detail));
+  return seen;
+}
+
+/** A TCP proxy in front of the service that can cut, refuse or freeze connections. */
+async function startProxy() {
+  const target = new URL(WS_URL);
+  const pairs = new Set();
+  const proxy = { mode: "open", connections: 0 };
+  const server = net.createServer((inbound) => {
+    if (proxy.mode === "refuse") return inbound.destroy();
+    proxy.connections += 1;
+    const outbound = net.connect(Number(target.port), target.hostname);
+    const pair = { inbound, outbound, frozen: false };
+    pairs.add(pair);
+    const forward = (from, to) =>
+      from.on("data", (chunk) => {
+        if (!pair.frozen) to.write(chunk);
+      });
+    forward(inbound, outbound);
+    forward(outbound, inbound);
+    const end = () => {
+      pairs.delete(pair);
+      inbound.destroy();
+      outbound.destroy();
+    };
+    inbound.on("close", end).on("error", end);
+    outbound.on("close", end).on("error", end);
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  proxy.url = `ws://127.0.0.1:${server.address().port}/ws`;
+  proxy.cut = () => {
+    for (const { inbound, outbound } of pairs) {
+      inbound.destroy();
+      outbound.destroy();
+    }
+  };
+  proxy.freeze = () => {
+    for (const pair of pairs) pair.frozen = true;
+  };
+  proxy.close = () => {
+    proxy.cut();
+    server.close();
+  };
+  return proxy;
+}
+
+const fast = { backoffBaseMs: 50, backoffCapMs: 400, WebSocket };
+
+test("authenticates with the first frame (token never in the URL) and delivers updates", async () => {
+  const urls = [];
+  const token = mintToken("js-frame");
+  const client = new RealtimeSyncClient({ url: WS_URL, token, ...fast, WebSocket: recordingWebSocket(urls) });
+  const seen = watch(client);
+  client.start();
+  try {
+    await waitFor(() => client.state === "connected", 8000, "connected");
+    assert.equal(client.userId, "js-frame");
+    const id = await publish("js-frame", 7, { type: "TASK_ADDED", data: { title: "Hello", status: "todo" } });
+    await waitFor(() => seen.updates.length === 1, 8000, "the update");
+    const [update] = seen.updates;
+    assert.equal(update.event_id, id);
+    assert.equal(update.action, "task_created");
+    assert.equal(update.task_id, 7);
+    assert.deepEqual(update.data, { title: "Hello", status: "todo" });
+    assert.ok(urls.every((u) => !u.includes(token) && !u.includes("token=")), urls.join());
+    assert.deepEqual(seen.states.slice(0, 2), ["connecting", "connected"]);
+  } finally {
+    client.close();
+  }
+});
+
+test("query mode sends the token in the URL and works", async () => {
+  const urls = [];
+  const client = new RealtimeSyncClient({ url: WS_URL, token: mintToken("js-query"), authMode: "query", ...fast, WebSocket: recordingWebSocket(urls) });
+  const seen = watch(client);
+  client.start();
+  try {
+    await waitFor(() => client.state === "connected", 8000, "connected");
+    await publish("js-query", 1);
+    await waitFor(() => seen.updates.length === 1, 8000, "the update");
+    assert.match(urls[0], /\?token=/);
+  } finally {
+    client.close();
+  }
+});
+
+test("updates() is an async iterator that ends when the client closes", async () => {
+  const client = new RealtimeSyncClient({ url: WS_URL, token: mintToken("js-iter"), ...fast });
+  const iterator = client.updates();
+  client.start();
+  await waitFor(() => client.state === "connected", 8000, "connected");
+  const ids = [await publish("js-iter", 1), await publish("js-iter", 2)];
+  const got = [];
+  for await (const item of iterator) {
+    got.push(item.event_id);
+    if (got.length === 2) client.close();
+  }
+  assert.deepEqual(got.sort(), ids.sort());
+});
+
+test("after a dropped connection it resumes with since: no gap, no duplicate", async () => {
+  const proxy = await startProxy();
+  const client = new RealtimeSyncClient({ url: proxy.url, token: mintToken("js-resume"), ...fast });
+  const seen = watch(client);
+  client.start();
+  try {
+    await waitFor(() => client.state === "connected", 8000, "connected");
+    const before = [await publish("js-resume", 1), await publish("js-resume", 2)];
+    await waitFor(() => seen.updates.length === 2, 8000, "first updates");
+    proxy.mode = "refuse";
+    proxy.cut();
+    await waitFor(() => client.state === "reconnecting", 8000, "reconnecting");
+    const missed = [];
+    for (let i = 0; i < 5; i++) missed.push(await publish("js-resume", 10 + i));
+    proxy.mode = "open";
+    await waitFor(() => client.connections === 2 && client.state === "connected", 8000, "reconnected");
+    const after = await publish("js-resume", 99);
+    await waitFor(() => seen.updates.length >= 8, 8000, "all updates");
+    await new Promise((r) => setTimeout(r, 300));
+    const ids = seen.updates.map((u) => u.event_id);
+    assert.deepEqual(new Set(ids), new Set([...before, ...missed, after]));
+    assert.equal(ids.length, 8, "no duplicate");
+    assert.deepEqual(ids.slice(0, 2).sort(), before.sort());
+    assert.equal(seen.resyncs, 0);
+  } finally {
+    client.close();
+    proxy.close();
+  }
+});
+
+test("a replay overlapping what was delivered is not delivered twice", async () => {
+  const proxy = await startProxy();
+  const client = new RealtimeSyncClient({ url: proxy.url, token: mintToken("js-dedupe"), ...fast });
+  const seen = watch(client);
+  client.start();
+  try {
+    await waitFor(() => client.state === "connected", 8000, "connected");
+    const first = await publish("js-dedupe", 1);
+    const rest = [await publish("js-dedupe", 2), await publish("js-dedupe", 3)];
+    await waitFor(() => seen.updates.length === 3, 8000, "updates");
+    client.lastEventId = first; // e.g. a stale checkpoint: the server replays 2 and 3 again
+    proxy.cut();
+    await waitFor(() => client.connections === 2 && client.state === "connected", 8000, "reconnected");
+    const live = await publish("js-dedupe", 4);
+    await waitFor(() => seen.updates.length === 4, 8000, "the live update");
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(seen.updates.map((u) => u.event_id).sort(), [first, ...rest, live].sort());
+  } finally {
+    client.close();
+    proxy.close();
+  }
+});
+
+test("reconnects after the service restarts and catches up", async () => {
+  const client = new RealtimeSyncClient({ url: WS_URL, token: mintToken("js-restart"), backoffBaseMs: 100, backoffCapMs: 1000, WebSocket });
+  const seen = watch(client);
+  client.start();
+  try {
+    await waitFor(() => client.state === "connected", 8000, "connected");
+    const before = await publish("js-restart", 1);
+    await waitFor(() => seen.updates.length === 1, 8000, "first update");
+    const restart = fetch(`${CONTROL_URL}/restart`, { method: "POST" }); // SIGTERM, then start again
+    await waitFor(() => client.state === "reconnecting", 15000, "reconnecting");
+    const missed = [await publish("js-restart", 2), await publish("js-restart", 3)];
+    assert.equal((await restart).status, 200);
+    await waitFor(() => client.connections >= 2 && client.state === "connected", 15000, "reconnected");
+    const after = await publish("js-restart", 4);
+    await waitFor(() => seen.updates.length >= 4, 15000, "caught up");
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(seen.updates[0].event_id, before);
+    assert.deepEqual(new Set(seen.updates.map((u) => u.event_id)), new Set([before, ...missed, after]));
+    assert.equal(seen.updates.length, 4, "no duplicate");
+    assert.ok(seen.reconnects.some((r) => r.code === 1001 || r.code === 1006), JSON.stringify(seen.reconnects));
+  } finally {
+    client.close();
+  }
+});
+
+test("after 4002 it asks the provider for a fresh token and resumes", async () => {
+  const tokens = [];
+  const provider = async () => {
+    const token = mintToken("js-expiry", tokens.length === 0 ? 2 : 3600); // the first expires in 2 s
+    tokens.push(token);
+    return token;
+  };
+  const client = new RealtimeSyncClient({ url: WS_URL, token: provider, ...fast });
+  const seen = watch(client);
+  client.start();
+  try {
+    await waitFor(() => client.state === "connected", 8000, "connected");
+    const first = await publish("js-expiry", 1);
+    await waitFor(() => seen.reconnects.some((r) => r.code === 4002), 8000, "a 4002 close");
+    const second = await publish("js-expiry", 2);
+    await waitFor(() => seen.updates.length === 2, 8000, "updates after the fresh token");
+    assert.deepEqual(seen.updates.map((u) => u.event_id), [first, second]);
+    assert.equal(tokens.length, 2, "asked once more, after the 4002");
+    assert.equal(client.connections, 2);
+    assert.equal(seen.errors.length, 0);
+  } finally {
+    client.close();
+  }
+});
+
+test("a refused static token stops the client instead of being retried", async () => {
+  const urls = [];
+  const client = new RealtimeSyncClient({ url: WS_URL, token: mintToken("js-expired", -60), ...fast, WebSocket: recordingWebSocket(urls) });
+  const seen = watch(client);
+  const iteration = (async () => {
+    for await (const _ of client.updates()) {
+      /* nothing arrives */
+    }
+  })();
+  client.start();
+  await assert.rejects(iteration, TokenRefusedError);
+  await new Promise((r) => setTimeout(r, 500));
+  assert.equal(urls.length, 1, "one attempt only");
+  assert.equal(client.state, "closed");
+  assert.equal(seen.errors[0].code, 4001);
+});
+
+test("the watchdog replaces a silent connection", async () => {
+  const proxy = await startProxy();
+  const client = new RealtimeSyncClient({ url: proxy.url, token: mintToken("js-silent"), ...fast, pingIntervalMs: 300, pingTimeoutMs: 300 });
+  const seen = watch(client);
+  client.start();
+  try {
+    await waitFor(() => client.state === "connected", 8000, "connected");
+    const firstConnection = client.connectionId;
+    proxy.freeze(); // the TCP connection stays open, nothing gets through
+    const frozenAt = Date.now();
+    await waitFor(() => seen.reconnects.some((r) => r.reason === "ping unanswered"), 5000, "the watchdog");
+    assert.ok(Date.now() - frozenAt < 2500, "detected within interval + timeout (+ a tick)");
+    await waitFor(() => client.connections === 2 && client.state === "connected", 8000, "reconnected");
+    assert.notEqual(client.connectionId, firstConnection);
+    const id = await publish("js-silent", 5);
+    await waitFor(() => seen.updates.some((u) => u.event_id === id), 8000, "an update on the new connection");
+  } finally {
+    client.close();
+    proxy.close();
+  }
+});
+
+test("backoff: full jitter, capped, spread over [0, cap] across 100 clients", () => {
+  const baseMs = 500;
+  const capMs = 8000;
+  for (let attempt = 0; attempt < 12; attempt++) {
+    const ceiling = Math.min(capMs, baseMs * 2 ** attempt);
+    const delays = Array.from({ length: 100 }, () => backoffDelay(attempt, { baseMs, capMs }));
+    assert.ok(delays.every((d) => d >= 0 && d <= ceiling), `attempt ${attempt} within [0, ${ceiling}]`);
+    // Spread, not lockstep: every tenth of [0, ceiling] is used, none holds a crowd.
+    const bins = new Array(10).fill(0);
+    for (const d of delays) bins[Math.min(9, Math.floor((d / ceiling) * 10))] += 1;
+    assert.ok(bins.filter((n) => n > 0).length >= 8, `attempt ${attempt}: ${bins}`);
+    assert.ok(Math.max(...bins) <= 25, `attempt ${attempt}: ${bins}`);
+    assert.equal(new Set(delays).size, 100);
+  }
+  assert.equal(backoffDelay(30, { baseMs, capMs, random: () => 1 }), capMs, "the cap holds");
+  assert.equal(backoffDelay(0, { baseMs, capMs, random: () => 1 }), baseMs);
+});

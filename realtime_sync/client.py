@@ -1,0 +1,484 @@
+"""An asyncio client for the realtime-sync WebSocket protocol.
+
+It keeps one connection open for as long as it runs, and hides the network from its user:
+
+* the token is a string, or a callable (sync or async) that is asked again before every
+  connection attempt — after a close with 4001 (unauthorized) or 4002 (token expired) a
+  refused token is never sent again;
+* it reconnects with exponential backoff and *full* jitter (``uniform(0, min(cap,
+  base * 2**attempt))``), so clients dropped together by a restart do not come back
+  together;
+* after a reconnect it subscribes again, with ``since`` set to the last event id it saw, so
+  the server replays what was missed; a duplicate ``event_id`` is never delivered twice;
+* a watchdog pings a silent connection and drops it (then reconnects) when the ping goes
+  unanswered.
+
+Updates arrive as an async iterator, or through a callback::
+
+    async with SyncClient(url, token_provider) as client:
+        async for item in client:
+            match item:
+                case TaskUpdate():
+                    apply(item)
+                case ResyncRequired():
+                    refetch_everything()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import inspect
+import logging
+import random
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final, Literal, Self
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+log = logging.getLogger(__name__)
+
+TaskId = int | str
+TokenSource = str | Callable[[], str] | Callable[[], Awaitable[str]]
+
+#: Close codes after which the same token must not be sent again.
+AUTH_CLOSE_CODES: Final = frozenset({4001, 4002})
+#: Close codes that mean "slow down": the backoff keeps growing instead of restarting.
+THROTTLE_CLOSE_CODES: Final = frozenset({4029})
+#: HTTP statuses at the handshake that retrying cannot fix.
+FATAL_HANDSHAKE_STATUSES: Final = frozenset({400, 401, 403, 404})
+
+
+class ConnectionState(enum.StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    RESYNCING = "resyncing"
+    CLOSED = "closed"
+
+
+class ClientError(Exception):
+    """The client stopped for good (for example, its token was refused)."""
+
+
+class TokenRefused(ClientError):
+    """The server refused the token (4001/4002) and no fresh token is available."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"token refused by the server ({code} {reason})".strip())
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class TaskUpdate:
+    """One task change, as the server sent it."""
+
+    event_id: str
+    action: str
+    event_type: str
+    task_id: TaskId
+    user_id: str
+    data: dict[str, Any]
+    timestamp: str | None
+    metadata: dict[str, Any]
+
+    @classmethod
+    def from_frame(cls, frame: dict[str, Any]) -> TaskUpdate:
+        data = frame.get("data")
+        metadata = frame.get("metadata")
+        return cls(
+            event_id=str(frame["event_id"]),
+            action=str(frame.get("action", "")),
+            event_type=str(frame.get("event_type", "")),
+            task_id=frame["task_id"],
+            user_id=str(frame.get("user_id", "")),
+            data=data if isinstance(data, dict) else {},
+            timestamp=frame.get("timestamp"),
+            metadata=metadata if isinstance(metadata, dict) else {},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncRequired:
+    """The server could not replay what was missed since ``since``: refetch from the task API."""
+
+    since: str | None
+
+
+Item = TaskUpdate | ResyncRequired
+
+
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """A scheduled reconnection attempt (passed to ``on_reconnect``)."""
+
+    attempt: int
+    delay_s: float
+    close_code: int | None
+    reason: str
+
+
+def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform over [0, min(cap, base * 2**attempt)]."""
+    ceiling = min(cap, base * 2 ** min(attempt, 62))
+    return rng.uniform(0.0, ceiling)
+
+
+class _Dedupe:
+    """The last ``size`` event ids, for dropping duplicates across reconnects."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def seen(self, event_id: str) -> bool:
+        """True if ``event_id`` was seen before; remembers it otherwise."""
+        if event_id in self._ids:
+            self._ids.move_to_end(event_id)
+            return True
+        self._ids[event_id] = None
+        if len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+        return False
+
+
+@dataclass
+class _Session:
+    """What one connection learnt before it ended."""
+
+    connected: bool = False
+    close_code: int | None = None
+    close_reason: str = ""
+    silent: bool = False
+    pending_subscriptions: set[int | str] = field(default_factory=set)
+
+
+class SyncClient:
+    """A self-healing subscription to a user's task updates.
+
+    ``token``: a JWT, or a callable returning one (asked before every connection attempt).
+    ``subscribe_all`` / ``task_ids``: what to subscribe to (all of the user's tasks by default).
+    ``on_update``: a callback (sync or async) for updates; without it, iterate the client.
+    ``backoff_base_s`` / ``backoff_cap_s``: the reconnect backoff (full jitter).
+    ``ping_interval_s`` / ``ping_timeout_s``: after this long without a frame, ping; without
+    an answer in time, the connection is dropped and re-established.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: TokenSource,
+        *,
+        subscribe_all: bool = True,
+        task_ids: Sequence[TaskId] = (),
+        on_update: Callable[[Item], Awaitable[None] | None] | None = None,
+        on_state: Callable[[ConnectionState], None] | None = None,
+        on_reconnect: Callable[[Reconnect], None] | None = None,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30.0,
+        ping_interval_s: float = 20.0,
+        ping_timeout_s: float = 10.0,
+        open_timeout_s: float = 10.0,
+        max_pending: int = 10_000,
+        dedupe_size: int = 10_000,
+        since: str | None = None,
+        rng: random.Random | None = None,
+        proxy: str | Literal[True] | None = True,
+    ) -> None:
+        if backoff_base_s <= 0 or backoff_cap_s < backoff_base_s:
+            raise ValueError("need 0 < backoff_base_s <= backoff_cap_s")
+        if ping_interval_s <= 0 or ping_timeout_s <= 0:
+            raise ValueError("ping_interval_s and ping_timeout_s must be positive")
+        if not subscribe_all and not task_ids:
+            raise ValueError("subscribe to all tasks or give task_ids")
+        self.url = url
+        self._token_source = token
+        self._subscribe_all = subscribe_all
+        self._task_ids = tuple(task_ids)
+        self._on_update = on_update
+        self._on_state = on_state
+        self._on_reconnect = on_reconnect
+        self._base = backoff_base_s
+        self._cap = backoff_cap_s
+        self._ping_interval = ping_interval_s
+        self._ping_timeout = ping_timeout_s
+        self._open_timeout = open_timeout_s
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._proxy = proxy
+        self._dedupe = _Dedupe(dedupe_size)
+        self._queue: asyncio.Queue[Item | BaseException | None] = asyncio.Queue(max_pending)
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._refused_token: str | None = None
+        self._next_id = 0
+        self.state = ConnectionState.CLOSED
+        self.last_event_id: str | None = since
+        self.connection_id: str | None = None
+        self.user_id: str | None = None
+        self.connections = 0
+        self.error: BaseException | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start connecting in the background (idempotent)."""
+        if self._task is None:
+            self._closing = False
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="sync-client")
+
+    async def close(self) -> None:
+        """Close the connection and stop reconnecting; a pending iteration ends."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._set_state(ConnectionState.CLOSED)
+
+    async def run(self) -> None:
+        """Start (if needed) and wait until the client stops; raise its fatal error, if any."""
+        self.start()
+        assert self._task is not None
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if self.error is not None:
+            raise self.error
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __aiter__(self) -> AsyncIterator[Item]:
+        if self._on_update is not None:
+            raise TypeError("updates go to on_update; do not also iterate the client")
+        self.start()
+        return self._items()
+
+    async def _items(self) -> AsyncIterator[Item]:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    # -- the reconnect loop ----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        try:
+            while not self._closing:
+                self._set_state(ConnectionState.CONNECTING if self.connections == 0 else self.state)
+                session = await self._connect_once()
+                if self._closing:
+                    break
+                if session.connected:
+                    attempt = 0
+                code = session.close_code
+                if code in AUTH_CLOSE_CODES:
+                    if isinstance(self._token_source, str):
+                        raise TokenRefused(code, session.close_reason)
+                    if attempt == 0:
+                        # A fresh token usually fixes it: try at once, once.
+                        attempt += 1
+                        self._announce(0, 0.0, code, session.close_reason)
+                        continue
+                reason = "ping unanswered" if session.silent else session.close_reason
+                delay = backoff_delay(attempt, base=self._base, cap=self._cap, rng=self._rng)
+                self._announce(attempt + 1, delay, code, reason)
+                attempt += 1
+                if code in THROTTLE_CLOSE_CODES:
+                    attempt += 1
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            pass
+        except ClientError as exc:
+            self.error = exc
+            log.warning("realtime-sync client stopped: %s", exc)
+        finally:
+            self._set_state(ConnectionState.CLOSED)
+            await self._finish()
+
+    async def _finish(self) -> None:
+        if self._on_update is not None:
+            return
+        end: BaseException | None = self.error
+        # Never block shutdown on a full queue: drop the oldest to make room for the end.
+        while self._queue.full():
+            self._queue.get_nowait()
+        self._queue.put_nowait(end)
+
+    def _announce(self, attempt: int, delay: float, code: int | None, reason: str) -> None:
+        self._set_state(ConnectionState.RECONNECTING)
+        log.info(
+            "realtime-sync reconnecting",
+            extra={"attempt": attempt, "delay_s": round(delay, 3), "code": code},
+        )
+        if self._on_reconnect is not None:
+            self._on_reconnect(Reconnect(attempt, delay, code, reason))
+
+    async def _token(self) -> str:
+        source = self._token_source
+        if isinstance(source, str):
+            return source
+        value = source()
+        token = await value if inspect.isawaitable(value) else value
+        if not isinstance(token, str) or not token:
+            raise ClientError("the token provider returned no token")
+        return token
+
+    async def _connect_once(self) -> _Session:
+        session = _Session()
+        token = await self._token()
+        if token == self._refused_token:
+            raise TokenRefused(4001, "the token provider returned the refused token again")
+        try:
+            async with connect(
+                self.url,
+                additional_headers={"Authorization": f"Bearer {token}"},
+                open_timeout=self._open_timeout,
+                ping_interval=None,  # the watchdog below pings at the application level
+                close_timeout=2,
+                max_size=None,
+                compression=None,
+                proxy=self._proxy,
+            ) as ws:
+                await self._session(ws, session)
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in FATAL_HANDSHAKE_STATUSES:
+                raise ClientError(f"handshake refused with HTTP {status}") from None
+            session.close_reason = f"HTTP {status}"
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            session.close_reason = type(exc).__name__
+        except ConnectionClosed as exc:
+            session.close_code = exc.rcvd.code if exc.rcvd else 1006
+            session.close_reason = exc.rcvd.reason if exc.rcvd else ""
+        if session.close_code in AUTH_CLOSE_CODES:
+            self._refused_token = token
+        return session
+
+    async def _session(self, ws: ClientConnection, session: _Session) -> None:
+        last_rx = time.monotonic()
+        watchdog = asyncio.get_running_loop().create_task(
+            self._watchdog(ws, session, lambda: last_rx)
+        )
+        try:
+            while True:
+                try:
+                    raw = await ws.recv()
+                except ConnectionClosed as exc:
+                    session.close_code = exc.rcvd.code if exc.rcvd else 1006
+                    session.close_reason = exc.rcvd.reason if exc.rcvd else ""
+                    return
+                last_rx = time.monotonic()
+                try:
+                    frame = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(frame, dict):
+                    await self._on_frame(ws, session, frame)
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+
+    async def _watchdog(
+        self, ws: ClientConnection, session: _Session, last_rx: Callable[[], float]
+    ) -> None:
+        pinged_at: float | None = None
+        while True:
+            await asyncio.sleep(min(self._ping_interval, self._ping_timeout) / 4)
+            now = time.monotonic()
+            idle = now - last_rx()
+            if pinged_at is not None and last_rx() >= pinged_at:
+                pinged_at = None
+            if pinged_at is None and idle >= self._ping_interval:
+                pinged_at = now
+                with contextlib.suppress(ConnectionClosed):
+                    await self._send(ws, {"type": "ping"})
+            elif pinged_at is not None and now - pinged_at >= self._ping_timeout:
+                session.silent = True
+                log.info("realtime-sync connection silent: dropping it")
+                ws.transport.abort()
+                return
+
+    async def _send(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
+        self._next_id += 1
+        frame["id"] = self._next_id
+        await ws.send(orjson.dumps(frame).decode())
+
+    async def _subscribe(self, ws: ClientConnection, session: _Session) -> None:
+        targets: list[dict[str, Any]] = (
+            [{"all": True}] if self._subscribe_all else [{"taskId": t} for t in self._task_ids]
+        )
+        for target in targets:
+            frame: dict[str, Any] = {"type": "subscribe", **target}
+            if self.last_event_id is not None:
+                frame["since"] = self.last_event_id
+            await self._send(ws, frame)
+            session.pending_subscriptions.add(frame["id"])
+
+    async def _on_frame(
+        self, ws: ClientConnection, session: _Session, frame: dict[str, Any]
+    ) -> None:
+        match frame.get("type"):
+            case "connected":
+                session.connected = True
+                self.connections += 1
+                self.connection_id = str(frame.get("connection_id"))
+                self.user_id = str(frame.get("user_id"))
+                self._refused_token = None
+                await self._subscribe(ws, session)
+            case "task_update" if "event_id" in frame:
+                update = TaskUpdate.from_frame(frame)
+                if self._dedupe.seen(update.event_id):
+                    return
+                self.last_event_id = update.event_id
+                await self._deliver(update)
+            case "resync_required":
+                self._set_state(ConnectionState.RESYNCING)
+                await self._deliver(ResyncRequired(frame.get("since")))
+            case "subscribed":
+                session.pending_subscriptions.discard(frame.get("id", ""))
+                if not session.pending_subscriptions:
+                    self._set_state(ConnectionState.CONNECTED)
+            case "error":
+                log.warning(
+                    "realtime-sync server error frame",
+                    extra={"code": frame.get("code"), "detail": frame.get("message")},
+                )
+            case _:
+                pass
+
+    async def _deliver(self, item: Item) -> None:
+        if self._on_update is None:
+            await self._queue.put(item)  # a slow consumer slows reading: the server sees it
+            return
+        result = self._on_update(item)
+        if inspect.isawaitable(result):
+            await result
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        if self._on_state is not None:
+            self._on_state(state)

@@ -1,0 +1,118 @@
+"""The command line as a user runs it: help, bad settings, tokens, publishing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jwt
+import pytest
+
+from tests.integration.conftest import SECRET, ServiceProcess
+from tests.integration.harness import free_port
+
+CLI = [sys.executable, "-m", "realtime_sync"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "DAPR_", "WS_"))}
+    return subprocess.run(
+        [*CLI, *args],
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [[], ["serve"], ["sidecar"], ["dev"], ["token"], ["publish"], ["watch"]],
+)
+def test_help_is_everywhere(args: list[str]) -> None:
+    result = run(*args, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "usage" in result.stdout.lower()
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"JWT_SECRET": SECRET, "WS_PORT": "eighty"}, "WS_PORT"),
+        ({"JWT_SECRET": SECRET, "HEARTBEAT_S": "-1"}, "HEARTBEAT_S"),
+        ({"JWT_SECRET": SECRET, "COMPRESSION": "gzip"}, "COMPRESSION"),
+        ({"JWT_SECRET": "short"}, "JWT_SECRET"),
+        ({}, "JWT_SECRET"),
+        ({"JWT_SECRET": SECRET, "JWT_ALGORITHMS": "HS256,RS256"}, "JWT_ALGORITHMS"),
+        (
+            {"JWT_ALGORITHMS": "RS256", "JWT_PUBLIC_KEY_FILE": "/nonexistent.pem"},
+            "JWT_PUBLIC_KEY_FILE",
+        ),
+    ],
+)
+def test_a_bad_setting_exits_non_zero_naming_the_variable(
+    env: dict[str, str], variable: str
+) -> None:
+    result = run("serve", env=env)
+    assert result.returncode == 2
+    assert variable in result.stderr
+
+
+def test_a_flag_overrides_the_environment_and_is_validated() -> None:
+    result = run("serve", "--ws-port", "99999", env={"JWT_SECRET": SECRET, "WS_PORT": "8080"})
+    assert result.returncode == 2
+    assert "WS_PORT" in result.stderr
+
+
+def test_token_mints_a_jwt_for_the_user() -> None:
+    result = run("token", "bob", "--ttl", "120", env={"JWT_SECRET": SECRET})
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
+    assert claims["userId"] == "bob"
+    assert 100 <= claims["exp"] - claims["iat"] <= 120
+
+
+def test_token_without_a_secret_fails_with_a_message() -> None:
+    result = run("token", "bob")
+    assert result.returncode == 2
+    assert "JWT_SECRET" in result.stderr
+
+
+async def test_publish_goes_through_dapr_to_the_client(stack: ServiceProcess) -> None:
+    async with stack.client("cli-user") as client:
+        result = run(
+            "publish",
+            "--type",
+            "TASK_ADDED",
+            "--user",
+            "cli-user",
+            "--task",
+            "77",
+            "--data",
+            '{"title": "from the CLI"}',
+            "--shared-with",
+            "cli-friend",
+            env={"DAPR_HTTP_PORT": str(stack.sidecar.http_port)},
+        )
+        assert result.returncode == 0, result.stderr
+        [frame] = await client.updates(1)
+    assert (frame["action"], frame["task_id"], frame["data"]) == (
+        "task_created",
+        77,
+        {"title": "from the CLI"},
+    )
+    assert frame["metadata"]["shared_with"] == ["cli-friend"]
+
+
+def test_publish_to_a_missing_sidecar_fails_with_a_message() -> None:
+    result = run("publish", "--user", "u", "--task", "1", "--dapr-http-port", str(free_port()))
+    assert result.returncode == 2
+    assert "cannot reach the Dapr sidecar" in result.stderr
+
+
+def test_publish_refuses_data_that_is_not_json() -> None:
+    result = run("publish", "--user", "u", "--task", "1", "--data", "{nope")
+    assert result.returncode == 2
+    assert "--data" in result.stderr
