@@ -183,8 +183,8 @@ async def test_metrics_and_logs_after_a_short_run(observed: ServiceProcess) -> N
     assert sum(v for k, v in got.items() if k.startswith(received) and 'outcome="drop"' in k) == 1
     assert value("realtime_sync_events_stale_total") == 1
     # Live fan-out: e1 -> alice's two connections (all, taskId obs-1), e2 -> those two and
-    # bob, e3 -> bob. (Replayed frames are not counted here.)
-    assert value("realtime_sync_messages_sent_total") == 6
+    # bob, e3 -> bob; plus the one frame the recovered resume replayed.
+    assert value("realtime_sync_messages_sent_total") == 7
     assert value("realtime_sync_bytes_sent_total") > 6 * 100
     assert value("realtime_sync_closes_total", code="4001") == 1
     assert value("realtime_sync_resume_total", result="recovered") == 1
