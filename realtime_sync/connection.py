@@ -23,6 +23,7 @@ from realtime_sync.core.outbox import Outbox
 from realtime_sync.core.outcomes import CloseCode
 from realtime_sync.core.ratelimit import TokenBucket
 from realtime_sync.core.routing import Subscriptions
+from realtime_sync.core.wire import split_text_frames
 
 log = logging.getLogger(__name__)
 WRITE_HIGH_WATER = 64 * 1024
@@ -87,7 +88,7 @@ class ClientConnection:
             return False
         transport: Any = ws.transport
         buffered = transport.get_write_buffer_size()
-        if not self.outbox and self._writer is None and buffered <= WRITE_HIGH_WATER:
+        if not self.outbox.frames and self._writer is None and buffered <= WRITE_HIGH_WATER:
             try:
                 ws.protocol.send_text(frame)
                 ws.send_data()
@@ -102,19 +103,20 @@ class ClientConnection:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
         return True
 
-    def send_encoded(self, frame: bytes, wire: bytes) -> bool:
-        """`send` for a frame whose WebSocket encoding (`wire`, see `encode_text_frame`) was
-        built once for every target: written as-is, with no per-connection framing, when
-        the direct path applies; otherwise exactly `send(frame)` (outbox, bound, 4008).
+    def send_wire(self, wire: bytes) -> bool:
+        """Write one or more frames already encoded as unmasked text frames (`wire`, see
+        `encode_text_frame`; the same bytes for every connection) in one socket write when
+        nothing is queued and the socket keeps up; otherwise `send` each frame (outbox,
+        bound, 4008). False if any frame was refused (the connection is closing).
 
         Server frames are unmasked, so the bytes are the same for every connection unless
-        an extension (permessage-deflate) rewrites them: then `send` frames it itself.
+        an extension (permessage-deflate) rewrites them: then `send` frames them itself.
         """
         ws = self.ws
         if (
             self.close_code is None
             and self._writer is None
-            and not self.outbox
+            and not self.outbox.frames
             and not ws.protocol.extensions
             and ws.protocol.state is State.OPEN
         ):
@@ -126,7 +128,7 @@ class ClientConnection:
                     log.debug("direct write failed", extra={"connection_id": self.connection_id})
                     return False
                 return True
-        return self.send(frame)
+        return all(self.send(frame) for frame in split_text_frames(wire))
 
     async def _drain(self) -> None:
         try:
@@ -153,13 +155,3 @@ class ClientConnection:
         websockets would close with 1000 instead of our code."""
         if self._close_task is not None:
             await asyncio.shield(self._close_task)
-
-
-def encode_text_frame(payload: bytes) -> bytes:
-    """One unmasked, unfragmented WebSocket text frame (RFC 6455 5.2), as a server sends it."""
-    size = len(payload)
-    if size < 126:
-        return bytes((0x81, size)) + payload
-    if size < 1 << 16:
-        return bytes((0x81, 126)) + size.to_bytes(2, "big") + payload
-    return bytes((0x81, 127)) + size.to_bytes(8, "big") + payload

@@ -25,18 +25,21 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from realtime_sync.connection import ClientConnection, encode_text_frame
+from realtime_sync.connection import ClientConnection
 from realtime_sync.core.dedupe import SeenIds
 from realtime_sync.core.events import TaskEvent, encode_update
 from realtime_sync.core.outcomes import CloseCode, Verdict
 from realtime_sync.core.protocol import Subscribe
 from realtime_sync.core.resume import Buffered, ResumeBuffers
 from realtime_sync.core.routing import Registry, recipients
+from realtime_sync.core.wire import encode_text_frame
 from realtime_sync.metrics import Metrics
 from realtime_sync.state import ResumeSnapshots, ShareLists, StateUnavailable
 
 log = logging.getLogger(__name__)
 ROUTE_WORKERS = 32
+# Per connection, the encoded frames routed to it during one drain of the inbox.
+Batch = dict[ClientConnection, bytes]
 
 
 class Claim(enum.Enum):
@@ -129,11 +132,17 @@ class Hub:
         return True
 
     def _drain_inbox(self) -> None:
-        """On the loop: route what can be routed now, queue the rest for the workers."""
+        """On the loop: route what can be routed now, queue the rest for the workers.
+
+        Frames for one connection from the whole batch go out in one socket write, and
+        the handler threads are answered after the writes (one GIL hand-over per batch).
+        """
         self._wake_pending = False
         inbox = self._inbox
         if inbox:
             self._idle.clear()
+        batch: Batch = {}
+        answered: list[tuple[Handoff, Verdict]] = []
         while inbox:
             handoff = inbox.popleft()
             event = handoff.event
@@ -148,15 +157,19 @@ class Hub:
             try:
                 if handoff.take():
                     try:
-                        verdict = self._route_cached(event, handoff.published_at, shared)
+                        verdict = self._route_cached(event, handoff.published_at, shared, batch)
                     except Exception:
                         log.exception(
                             "routing crashed; answering RETRY", extra={"event_id": event.event_id}
                         )
                         verdict = Verdict.RETRY
-                    handoff.result.set_result(verdict)
+                    answered.append((handoff, verdict))
             finally:
                 self.capacity.release()
+        for conn, wire in batch.items():
+            conn.send_wire(wire)
+        for handoff, verdict in answered:
+            handoff.result.set_result(verdict)
         self.metrics.handoff_depth.set(self.queue.qsize())
         if self.queue.empty() and self._busy == 0:
             self._idle.set()
@@ -234,18 +247,29 @@ class Hub:
         return self._deliver(event, published_at, shared, now)
 
     def _route_cached(
-        self, event: TaskEvent, published_at: float | None, shared: tuple[str, ...]
+        self,
+        event: TaskEvent,
+        published_at: float | None,
+        shared: tuple[str, ...],
+        batch: Batch | None = None,
     ) -> Verdict:
         """`route` for an event whose share list is cached: synchronous, no state call."""
         now = self.clock()
         if self.seen.seen(event.event_id, now):
             self.metrics.events_duplicate.inc()
             return Verdict.SUCCESS
-        return self._deliver(event, published_at, shared, now)
+        return self._deliver(event, published_at, shared, now, batch)
 
     def _deliver(
-        self, event: TaskEvent, published_at: float | None, shared: tuple[str, ...], now: float
+        self,
+        event: TaskEvent,
+        published_at: float | None,
+        shared: tuple[str, ...],
+        now: float,
+        batch: Batch | None = None,
     ) -> Verdict:
+        """Buffer the frame for every recipient and send it to every subscribed connection
+        (or add it to `batch`, written by the caller in one write per connection)."""
         key = event.task_key
         frame = encode_update(event)
         users = recipients(event.user_id, shared)
@@ -253,12 +277,17 @@ class Hub:
         for user in users:
             self.buffers.append(user, entry)
         sent = 0
-        targets = self.registry.targets(users, key)
-        if targets:
-            wire = encode_text_frame(frame)
-            for conn in targets:
-                if conn.send_encoded(frame, wire):
+        wire = encode_text_frame(frame)
+        for conn in self.registry.targets(users, key):
+            if conn.close_code is not None:
+                continue
+            if batch is None:
+                if conn.send_wire(wire):
                     sent += 1
+            else:
+                # b"" + wire is wire itself: no copy for a connection's first frame.
+                batch[conn] = batch.get(conn, b"") + wire
+                sent += 1
         self.seen.add(event.event_id, now)
         if sent:
             self.metrics.messages_sent.inc(sent)

@@ -12,37 +12,38 @@ class Outbox:
     connection as a slow consumer instead of buffering without limit.
     """
 
-    __slots__ = ("_frames", "_max_bytes", "_max_messages", "bytes")
+    __slots__ = ("_max_bytes", "_max_messages", "bytes", "frames")
 
     def __init__(self, *, max_messages: int, max_bytes: int) -> None:
-        self._frames: deque[bytes] = deque()
+        # Public for the hot path: `not outbox.frames` is a C-level check.
+        self.frames: deque[bytes] = deque()
         self._max_messages = max_messages
         self._max_bytes = max_bytes
         self.bytes = 0
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self.frames)
 
     def __bool__(self) -> bool:
-        return bool(self._frames)
+        return bool(self.frames)
 
     def push(self, frame: bytes, *, in_flight_bytes: int = 0) -> bool:
         """Queue a frame; False if this would exceed the bound (counting bytes already
         handed to the transport but not yet sent)."""
         if (
-            len(self._frames) + 1 > self._max_messages
+            len(self.frames) + 1 > self._max_messages
             or self.bytes + len(frame) + in_flight_bytes > self._max_bytes
         ):
             return False
-        self._frames.append(frame)
+        self.frames.append(frame)
         self.bytes += len(frame)
         return True
 
     def pop(self) -> bytes:
-        frame = self._frames.popleft()
+        frame = self.frames.popleft()
         self.bytes -= len(frame)
         return frame
 
     def clear(self) -> None:
-        self._frames.clear()
+        self.frames.clear()
         self.bytes = 0
