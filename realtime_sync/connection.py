@@ -35,6 +35,9 @@ class ClientConnection:
     __slots__ = (
         "_close_task",
         "_on_close",
+        "_plain",
+        "_protocol",
+        "_transport",
         "_writer",
         "bucket",
         "close_code",
@@ -74,6 +77,10 @@ class ClientConnection:
         self._writer: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
         self._on_close = on_close
+        # Fixed once the handshake is done; cached for the per-frame fast path.
+        self._protocol = ws.protocol
+        self._transport: Any = ws.transport
+        self._plain = not ws.protocol.extensions  # no extension rewrites our frames
 
     @property
     def closing(self) -> bool:
@@ -112,15 +119,14 @@ class ClientConnection:
         Server frames are unmasked, so the bytes are the same for every connection unless
         an extension (permessage-deflate) rewrites them: then `send` frames them itself.
         """
-        ws = self.ws
         if (
             self.close_code is None
             and self._writer is None
+            and self._plain
             and not self.outbox.frames
-            and not ws.protocol.extensions
-            and ws.protocol.state is State.OPEN
+            and self._protocol.state is State.OPEN
         ):
-            transport: Any = ws.transport
+            transport = self._transport
             if transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
                 try:
                     transport.write(wire)
