@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 ROUTE_WORKERS = 32
 # Per connection, the encoded frames routed to it during one drain of the inbox.
 Batch = dict[ClientConnection, bytes]
+DRAIN_ROUNDS = 8
 
 
 class Claim(enum.Enum):
@@ -116,8 +117,8 @@ class Hub:
             return False
         self._inbox.append(handoff)
         if not self._wake_pending:
-            # The loop clears the flag before it drains, so an append it may miss always
-            # finds the flag cleared and schedules another drain.
+            # The loop clears the flag after a round and then looks at the inbox again, so
+            # an append it may miss always finds the flag cleared and wakes it.
             self._wake_pending = True
             try:
                 self.loop.call_soon_threadsafe(self._drain_inbox)
@@ -134,13 +135,29 @@ class Hub:
     def _drain_inbox(self) -> None:
         """On the loop: route what can be routed now, queue the rest for the workers.
 
-        Frames for one connection from the whole batch go out in one socket write, and
-        the handler threads are answered after the writes (one GIL hand-over per batch).
+        Hand-offs that arrive while a batch is routed are taken in the same callback (the
+        wake-up flag stays set meanwhile, so the threads skip the self-pipe write), a few
+        rounds at most so sockets and timers are not starved.
         """
-        self._wake_pending = False
         inbox = self._inbox
         if inbox:
             self._idle.clear()
+        for _ in range(DRAIN_ROUNDS):
+            self._route_batch()
+            self._wake_pending = False
+            if not inbox:
+                break
+            self._wake_pending = True  # taken by the next round (or the next callback)
+        else:
+            self.loop.call_soon(self._drain_inbox)
+        self.metrics.handoff_depth.set(self.queue.qsize())
+        if not inbox and self.queue.empty() and self._busy == 0:
+            self._idle.set()
+
+    def _route_batch(self) -> None:
+        """Route every hand-off in the inbox now. Frames for one connection go out in one
+        socket write, and the handler threads are answered after the writes."""
+        inbox = self._inbox
         batch: Batch = {}
         answered: list[tuple[Handoff, Verdict]] = []
         while inbox:
@@ -170,9 +187,6 @@ class Hub:
             conn.send_wire(wire)
         for handoff, verdict in answered:
             handoff.result.set_result(verdict)
-        self.metrics.handoff_depth.set(self.queue.qsize())
-        if self.queue.empty() and self._busy == 0:
-            self._idle.set()
 
     # -- on the loop -------------------------------------------------------------------
 
