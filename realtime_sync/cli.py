@@ -299,6 +299,15 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         return 0
 
 
+def _add_dapr_target(parser: argparse.ArgumentParser) -> None:
+    """Where a publishing command sends its events: the Dapr sidecar's publish API."""
+    parser.add_argument("--pubsub", default=os.environ.get("PUBSUB_NAME", "pubsub"))
+    parser.add_argument("--topic", default=os.environ.get("TOPIC_NAME", "task-updates"))
+    parser.add_argument(
+        "--dapr-http-port", type=int, default=None, help="sidecar HTTP port (DAPR_HTTP_PORT)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="realtime-sync",
@@ -336,11 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=None, help="random seed (repeatable story)")
     demo.add_argument("--verbose", "-v", action="store_true", help="print every event")
-    demo.add_argument("--pubsub", default=os.environ.get("PUBSUB_NAME", "pubsub"))
-    demo.add_argument("--topic", default=os.environ.get("TOPIC_NAME", "task-updates"))
-    demo.add_argument(
-        "--dapr-http-port", type=int, default=None, help="sidecar HTTP port (DAPR_HTTP_PORT)"
-    )
+    _add_dapr_target(demo)
     demo.set_defaults(func=_cmd_demo)
 
     token = sub.add_parser("token", help="mint an HS256 JWT with JWT_SECRET (development)")
@@ -355,11 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--data", help="the task, as a JSON object")
     publish.add_argument("--id", help="event id (default: the CloudEvent id)")
     publish.add_argument("--shared-with", help="comma list of user ids sharing the task")
-    publish.add_argument("--pubsub", default=os.environ.get("PUBSUB_NAME", "pubsub"))
-    publish.add_argument("--topic", default=os.environ.get("TOPIC_NAME", "task-updates"))
-    publish.add_argument(
-        "--dapr-http-port", type=int, default=None, help="sidecar HTTP port (DAPR_HTTP_PORT)"
-    )
+    _add_dapr_target(publish)
     publish.set_defaults(func=_cmd_publish)
 
     watch = sub.add_parser("watch", help="print a user's live updates (for operators)")
