@@ -34,6 +34,24 @@ ON_INVOKE: Final = "/dapr.proto.runtime.v1.AppCallback/OnInvoke"
 MAX_GRPC_MESSAGE: Final = 4 * 1024 * 1024
 
 
+def publish_time(
+    envelope: datetime | None, payload_timestamp: str, received: datetime
+) -> float | None:
+    """When the event was published, for the latency histogram.
+
+    daprd stamps the envelope's `time` with whole seconds (RFC 3339); the payload's
+    `timestamp`, when the publisher set one within that second, refines it (an absent
+    timestamp defaults to the time of receipt, which says nothing about publishing).
+    """
+    if envelope is None:
+        return None
+    base = envelope.timestamp()
+    refined = parse_cloudevent_time(payload_timestamp)
+    if refined is not None and refined != received and 0.0 <= refined.timestamp() - base < 1.0:
+        return refined.timestamp()
+    return base
+
+
 class InvalidRequest(ValueError):
     """A malformed service-invocation request: answered INVALID_ARGUMENT."""
 
@@ -196,7 +214,7 @@ class Subscriber:
                     extra={"event_id": event.event_id, "age_s": round(age, 1)},
                 )
                 return Verdict.SUCCESS, label
-        handoff = Handoff(event, published.timestamp() if published else None)
+        handoff = Handoff(event, publish_time(published, event.timestamp, received))
         if not self._hub.offer(handoff, self._s.handoff_wait_s):
             log.warning("hand-off queue full; answering RETRY", extra={"event_id": event.event_id})
             return Verdict.RETRY, label
