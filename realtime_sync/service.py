@@ -29,6 +29,7 @@ from realtime_sync.subscriber import Subscriber
 
 log = logging.getLogger(__name__)
 GRPC_GRACE_S = 8.0
+DRAIN_BUDGET_S = 22.0
 SIDECAR_PROBE_S = 1.0
 
 
@@ -128,27 +129,39 @@ class Service:
     async def _drain(
         self, gateway: Gateway, subscriber: Subscriber, hub: Hub, records: ConnectionRecords
     ) -> None:
+        """Each step is bounded, and all of them together by DRAIN_BUDGET_S, so the process
+        exits well inside Kubernetes' 30 s grace period whatever hangs."""
         started = time.monotonic()
+        deadline = started + DRAIN_BUDGET_S
+
+        def left(cap: float) -> float:
+            return max(0.1, min(cap, deadline - time.monotonic()))
+
         log.info("draining: refusing new handshakes, answering new events RETRY")
         self.readiness.draining = True
         subscriber.draining = True
         hub.draining = True
         await asyncio.to_thread(subscriber.stop, GRPC_GRACE_S)
-        await hub.wait_idle()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(left(3)):
+                await hub.wait_idle()
         try:
-            async with asyncio.timeout(3):
+            async with asyncio.timeout(left(3)):
                 saved = await hub.save_snapshots()
             log.info("resume buffers saved", extra={"users": saved})
         except (TimeoutError, StateUnavailable) as exc:
             log.warning("resume buffers not saved", extra={"reason": str(exc) or "timeout"})
-        await gateway.close_all(self.settings.drain_s)
+        window = min(self.settings.drain_s, max(0.0, deadline - time.monotonic() - 6))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(left(window + 5)):
+                await gateway.close_all(window)
         if gateway.server is not None:
             gateway.server.close(close_connections=True)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
+                async with asyncio.timeout(left(2)):
                     await gateway.server.wait_closed()
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(2):
+            async with asyncio.timeout(left(2)):
                 await records.remove_all()
         log.info("drained", extra={"seconds": round(time.monotonic() - started, 2)})
 
