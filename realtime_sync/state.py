@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -24,7 +25,7 @@ T = TypeVar("T")
 SHARES_PREFIX = "shares:"
 CONNECTION_PREFIX = "connection:"
 MAX_CACHED_SHARE_LISTS = 100_000
-ETAG_ATTEMPTS = 5
+ETAG_ATTEMPTS = 10
 
 
 class StateUnavailable(Exception):
@@ -274,7 +275,7 @@ class ShareLists:
                     SHARES_PREFIX + task_key, orjson.dumps(list(users)), etag=etag or None
                 )
             except ConflictError:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(random.uniform(0.005, 0.03))  # noqa: S311 - jitter
                 continue
             self.remember(task_key, users)
             return users

@@ -204,3 +204,26 @@ async def test_the_app_token_is_required_on_the_grpc_port() -> None:
                 Empty(), metadata=(("dapr-api-token", token),), timeout=5
             )
             assert len(ok.subscriptions) == 1
+
+
+def test_concurrent_set_task_shares_all_succeed_and_one_list_wins(stack: ServiceProcess) -> None:
+    """ETag-guarded writes retried on conflict: every caller is answered with its own list,
+    and the stored list is exactly one of them (never a mix, never lost)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lists = [[f"cc-{i}-a", f"cc-{i}-b"] for i in range(12)]
+    with ThreadPoolExecutor(12) as pool:
+        results = list(
+            pool.map(
+                lambda users: invoke(
+                    stack, "set_task_shares", orjson.dumps({"task_id": 777, "user_ids": users})
+                ),
+                lists,
+            )
+        )
+    for users, (status, body) in zip(lists, results, strict=True):
+        assert status == 200, body
+        assert orjson.loads(body)["user_ids"] == users
+    stored = stack.sidecar.get_state("shares:777")
+    assert stored is not None
+    assert orjson.loads(stored) in lists
