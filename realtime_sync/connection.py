@@ -34,6 +34,7 @@ class ClientConnection:
 
     __slots__ = (
         "_close_task",
+        "_direct",
         "_on_close",
         "_plain",
         "_protocol",
@@ -81,6 +82,9 @@ class ClientConnection:
         self._protocol = ws.protocol
         self._transport: Any = ws.transport
         self._plain = not ws.protocol.extensions  # no extension rewrites our frames
+        # True while pre-encoded frames may go straight to the socket: no extension, not
+        # closing, no writer task (so nothing queued). Kept up to date at each transition.
+        self._direct = self._plain
 
     @property
     def closing(self) -> bool:
@@ -107,6 +111,7 @@ class ClientConnection:
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
             return False
         if self._writer is None:
+            self._direct = False
             self._writer = asyncio.get_running_loop().create_task(self._drain())
         return True
 
@@ -119,13 +124,7 @@ class ClientConnection:
         Server frames are unmasked, so the bytes are the same for every connection unless
         an extension (permessage-deflate) rewrites them: then `send` frames them itself.
         """
-        if (
-            self.close_code is None
-            and self._writer is None
-            and self._plain
-            and not self.outbox.frames
-            and self._protocol.state is State.OPEN
-        ):
+        if self._direct and self._protocol.state is State.OPEN:
             transport = self._transport
             if transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
                 try:
@@ -144,12 +143,14 @@ class ClientConnection:
             pass
         finally:
             self._writer = None
+            self._direct = self._plain and self.close_code is None
 
     def close(self, code: CloseCode, reason: str) -> None:
         """Close once: stop routing to it now, send the close frame after what was written."""
         if self.close_code is not None:
             return
         self.close_code = code
+        self._direct = False
         self.outbox.clear()
         if self.expiry_timer is not None:
             self.expiry_timer.cancel()
