@@ -447,3 +447,33 @@ async def test_resume_works_across_a_service_restart() -> None:
             frames = await second.updates(3, timeout=15)
             assert sorted(f["event_id"] for f in frames) == ["rs-3", "rs-4", "rs-5"]
             assert await second.silence(0.5) == []
+
+
+async def test_permessage_deflate_when_enabled_still_delivers_every_frame() -> None:
+    """COMPRESSION=deflate: frames go through websockets' own (compressing) framing, not the
+    pre-encoded fast path, and arrive intact and in full."""
+    with running_stack("deflate", service_env_extra={"COMPRESSION": "deflate"}) as stack:
+        headers = {"Authorization": f"Bearer {stack.token('zip-u')}"}
+        async with connect(stack.ws_url, additional_headers=headers, compression="deflate") as ws:
+            assert ws.response is not None
+            assert "permessage-deflate" in (
+                ws.response.headers.get("Sec-WebSocket-Extensions") or ""
+            )
+            assert orjson.loads(await ws.recv())["type"] == "connected"
+            await ws.send('{"type":"subscribe","all":true}')
+            assert orjson.loads(await ws.recv())["type"] == "subscribed"
+            for i in range(30):
+                stack.publish(event("zip-u", i, f"z-{i}", data={"text": "x" * 500}))
+            got: list[str] = []
+            while len(got) < 30:
+                frame = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+                got.append(frame["event_id"])
+                assert frame["data"] == {"text": "x" * 500}
+            assert sorted(got) == sorted(f"z-{i}" for i in range(30))
+
+
+async def test_compression_is_off_by_default(limited: ServiceProcess) -> None:
+    headers = {"Authorization": f"Bearer {limited.token('plain-u')}"}
+    async with connect(limited.ws_url, additional_headers=headers, compression="deflate") as ws:
+        assert ws.response is not None
+        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
