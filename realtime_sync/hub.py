@@ -1,7 +1,7 @@
 """The event loop side of delivery: hand-off queue → route → fan-out.
 
 gRPC handler threads hand each parsed event over as a Handoff. One crossing into the
-loop, one back (the concurrent Future's result). Hand-offs land in an inbox that one
+loop, one back (a lock released with the verdict). Hand-offs land in an inbox that one
 loop callback drains (call_soon_threadsafe only when no drain is pending, so a burst
 costs one wake-up). An event whose share list is cached is routed right there, with no
 task switch; one that needs the state store goes to the routing workers, and later
@@ -16,7 +16,6 @@ bytes are written to every target socket that can take them directly.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import enum
 import logging
 import threading
@@ -43,6 +42,12 @@ Batch = dict[ClientConnection, bytes]
 DRAIN_ROUNDS = 8
 
 
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 class Claim(enum.Enum):
     PENDING = "pending"
     TAKEN = "taken"
@@ -51,11 +56,16 @@ class Claim(enum.Enum):
 
 @dataclass(slots=True, eq=False)
 class Handoff:
-    """One event crossing from a gRPC thread into the loop."""
+    """One event crossing from a gRPC thread into the loop.
+
+    Plain C-level locks, not a concurrent Future: `done` is held until the loop answers,
+    `lock` guards the claim (taken by the loop or abandoned by the thread).
+    """
 
     event: TaskEvent
     published_at: float | None
-    result: concurrent.futures.Future[Verdict] = field(default_factory=concurrent.futures.Future)
+    verdict: Verdict = Verdict.RETRY
+    done: threading.Lock = field(default_factory=_held_lock)
     lock: threading.Lock = field(default_factory=threading.Lock)
     claim: Claim = Claim.PENDING
 
@@ -73,6 +83,17 @@ class Handoff:
                 return False
             self.claim = Claim.TAKEN
             return True
+
+    def answer(self, verdict: Verdict) -> None:
+        """Loop side: the verdict for Dapr; wakes the waiting handler thread."""
+        self.verdict = verdict
+        self.done.release()
+
+    def wait(self, timeout: float | None) -> Verdict | None:
+        """Thread side: the verdict, or None if `timeout` ran out first."""
+        if self.done.acquire(timeout=-1 if timeout is None else timeout):
+            return self.verdict
+        return None
 
 
 class Hub:
@@ -99,7 +120,9 @@ class Hub:
         self.buffers = ResumeBuffers(window_s=resume_window_s, max_events=resume_max_events)
         self.clock = clock
         self.queue: asyncio.Queue[Handoff] = asyncio.Queue(maxsize=queue_size)
-        self.capacity = threading.BoundedSemaphore(queue_size)
+        self._capacity = queue_size
+        self._inflight = 0
+        self._inflight_lock = threading.Lock()
         self.loop = asyncio.get_running_loop()
         self.draining = False
         self._busy = 0
@@ -113,7 +136,7 @@ class Hub:
 
     def offer(self, handoff: Handoff, wait_s: float) -> bool:
         """Thread side: enqueue, waiting up to wait_s for room. False = full (RETRY)."""
-        if not self.capacity.acquire(timeout=wait_s):
+        if not self._reserve(wait_s):
             return False
         self._inbox.append(handoff)
         if not self._wake_pending:
@@ -128,9 +151,28 @@ class Hub:
                     self._inbox.remove(handoff)
                 except ValueError:
                     return True  # a drain took it after all
-                self.capacity.release()
+                self._release()
                 return False
         return True
+
+    def _reserve(self, wait_s: float) -> bool:
+        """Thread side: take one slot of the bounded hand-off, waiting up to wait_s."""
+        deadline: float | None = None
+        while True:
+            with self._inflight_lock:
+                if self._inflight < self._capacity:
+                    self._inflight += 1
+                    return True
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + wait_s
+            if now >= deadline:
+                return False
+            time.sleep(min(0.005, deadline - now))
+
+    def _release(self) -> None:
+        with self._inflight_lock:
+            self._inflight -= 1
 
     def _drain_inbox(self) -> None:
         """On the loop: route what can be routed now, queue the rest for the workers.
@@ -182,11 +224,13 @@ class Hub:
                         verdict = Verdict.RETRY
                     answered.append((handoff, verdict))
             finally:
-                self.capacity.release()
-        for conn, wire in batch.items():
-            conn.send_wire(wire)
-        for handoff, verdict in answered:
-            handoff.result.set_result(verdict)
+                self._release()
+        try:
+            for conn, wire in batch.items():
+                conn.send_wire(wire)
+        finally:  # a handler thread waiting on a taken hand-off must always be answered
+            for handoff, verdict in answered:
+                handoff.answer(verdict)
 
     # -- on the loop -------------------------------------------------------------------
 
@@ -219,7 +263,7 @@ class Hub:
                         extra={"event_id": handoff.event.event_id},
                     )
                     verdict = Verdict.RETRY
-                handoff.result.set_result(verdict)
+                handoff.answer(verdict)
             finally:
                 self._busy -= 1
                 left = self._slow_keys.get(key, 1) - 1
@@ -227,7 +271,7 @@ class Hub:
                     self._slow_keys[key] = left
                 else:
                     self._slow_keys.pop(key, None)
-                self.capacity.release()
+                self._release()
                 self.queue.task_done()
                 self.metrics.handoff_depth.set(self.queue.qsize())
                 if self.queue.empty() and self._busy == 0:

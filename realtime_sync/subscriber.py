@@ -218,16 +218,14 @@ class Subscriber:
         if not self._hub.offer(handoff, self._s.handoff_wait_s):
             log.warning("hand-off queue full; answering RETRY", extra={"event_id": event.event_id})
             return Verdict.RETRY, label
-        try:
-            return handoff.result.result(timeout=self._s.handler_timeout_s), label
-        except concurrent.futures.TimeoutError:
-            if handoff.abandon():
-                log.warning(
-                    "routing timed out; answering RETRY", extra={"event_id": event.event_id}
-                )
-                return Verdict.RETRY, label
-            # The loop took it: wait it out (its state calls have their own deadlines).
-            return handoff.result.result(), label
+        verdict = handoff.wait(self._s.handler_timeout_s)
+        if verdict is not None:
+            return verdict, label
+        if handoff.abandon():
+            log.warning("routing timed out; answering RETRY", extra={"event_id": event.event_id})
+            return Verdict.RETRY, label
+        # The loop took it: wait it out (its state calls have their own deadlines).
+        return handoff.wait(None) or Verdict.RETRY, label
 
     # -- service invocation --------------------------------------------------------------
 

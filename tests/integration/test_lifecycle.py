@@ -227,3 +227,34 @@ def test_concurrent_set_task_shares_all_succeed_and_one_list_wins(stack: Service
     stored = stack.sidecar.get_state("shares:777")
     assert stored is not None
     assert orjson.loads(stored) in lists
+
+
+async def test_a_full_hand_off_queue_answers_retry_after_a_short_wait() -> None:
+    """HANDOFF_QUEUE=1 and a hung state store: the one slot stays taken, so the next
+    event waits HANDOFF_WAIT_S and is answered RETRY; once the store is back both are
+    delivered, once each."""
+    with running_stack(
+        "full-queue",
+        sidecar_args=FAST_RETRY,
+        service_env_extra={"HANDOFF_QUEUE": "1", "HANDOFF_WAIT_S": "0.2", "DAPR_TIMEOUT_S": "3"},
+    ) as stack:
+        async with stack.client("owner-q") as client:
+            stack.sidecar.set_fault("hang")
+            for i in range(2):
+                stack.publish(
+                    {"type": "TASK_ADDED", "user_id": "owner-q", "task_id": 900 + i, "id": f"q-{i}"}
+                )
+            wait_until(
+                lambda: (
+                    stack.metric(
+                        "realtime_sync_events_received_total", type="TASK_ADDED", outcome="retry"
+                    )
+                    >= 1
+                ),
+                2.5,
+                message="no RETRY while the only slot was taken",
+            )
+            stack.sidecar.set_fault(None)
+            frames = await client.updates(2, timeout=20)
+            assert sorted(f["event_id"] for f in frames) == ["q-0", "q-1"]
+            assert await client.silence(0.5) == []

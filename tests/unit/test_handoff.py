@@ -28,3 +28,13 @@ def test_a_taken_hand_off_cannot_be_abandoned() -> None:
     h = handoff()
     assert h.take() is True
     assert h.abandon() is False
+
+
+def test_the_thread_gets_the_verdict_the_loop_answered() -> None:
+    from realtime_sync.core.outcomes import Verdict
+
+    h = handoff()
+    assert h.wait(0.01) is None  # not answered yet
+    assert h.take()
+    h.answer(Verdict.SUCCESS)
+    assert h.wait(0.01) is Verdict.SUCCESS
