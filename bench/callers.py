@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import resource
 import sys
 import threading
@@ -77,6 +78,23 @@ class Callers:
         req.data = self.source.next_data()
         return req
 
+    def _slot(self, start: float, index: int, k: int) -> float | None:
+        """Seconds caller `index` waits before its k-th call (paced at the target rate,
+        unpaced when the rate is 0), or None once the window is over."""
+        a = self.args
+        now = time.monotonic()
+        if now >= self.window[1]:
+            return None
+        if a.rate <= 0:
+            return 0.0
+        due: float = start + (index + k * a.concurrency) / a.rate
+        if due >= self.window[1]:
+            return None
+        if due <= now:
+            self.max_lag_s = max(self.max_lag_s, now - due)
+            return 0.0
+        return due - now
+
     def run_threads(self) -> dict[str, Any]:
         """The same callers as threads on the sync stub (cheaper per call than grpc.aio)."""
         a = self.args
@@ -93,20 +111,11 @@ class Callers:
             self.window = (start + a.warmup, start + a.warmup + a.duration)
 
             def caller(index: int) -> None:
-                k = 0
-                while True:
-                    now = time.monotonic()
-                    if now >= self.window[1]:
+                for k in itertools.count():
+                    wait = self._slot(start, index, k)
+                    if wait is None:
                         return
-                    if a.rate > 0:
-                        due = start + (index + k * a.concurrency) / a.rate
-                        k += 1
-                        if due > now:
-                            time.sleep(due - now)
-                        else:
-                            self.max_lag_s = max(self.max_lag_s, now - due)
-                        if due >= self.window[1]:
-                            return
+                    time.sleep(wait)
                     with lock:
                         req = self.request()
                     try:
@@ -152,20 +161,11 @@ class Callers:
                 cpu.append(_cpu_s())
 
             async def caller(index: int) -> None:
-                k = 0
-                while True:
-                    now = time.monotonic()
-                    if now >= self.window[1]:
+                for k in itertools.count():
+                    wait = self._slot(start, index, k)
+                    if wait is None:
                         return
-                    if a.rate > 0:
-                        due = start + (index + k * a.concurrency) / a.rate
-                        k += 1
-                        if due > now:
-                            await asyncio.sleep(due - now)
-                        else:
-                            self.max_lag_s = max(self.max_lag_s, now - due)
-                        if due >= self.window[1]:
-                            return
+                    await asyncio.sleep(wait)
                     req = self.request()
                     try:
                         reply = await stub.OnTopicEvent(req, metadata=metadata, timeout=10)

@@ -46,14 +46,6 @@ def _cmd_sidecar(args: argparse.Namespace) -> int:
     return sidecar_main(list(args.sidecar_args))
 
 
-def _dapr_http_base(port: int | None) -> str:
-    host = os.environ.get("DAPR_RUNTIME_HOST", "127.0.0.1")
-    endpoint = os.environ.get("DAPR_HTTP_ENDPOINT")
-    if endpoint and port is None:
-        return endpoint.rstrip("/")
-    return f"http://{host}:{port or int(os.environ.get('DAPR_HTTP_PORT', '3500'))}"
-
-
 def _wait_http(url: str, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -139,7 +131,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import random  # noqa: PLC0415
     import urllib.error  # noqa: PLC0415
 
-    from realtime_sync.demo import Publisher, Story, run_demo, sidecar_base_url  # noqa: PLC0415
+    from realtime_sync.demo import Story, run_demo  # noqa: PLC0415
+    from realtime_sync.publisher import Publisher, sidecar_base_url  # noqa: PLC0415
 
     if args.rate <= 0:
         return _fail("--rate must be positive")
@@ -202,20 +195,22 @@ def _cmd_publish(args: argparse.Namespace) -> int:
             return _fail("--data must be JSON")
     if args.shared_with is not None:
         event["metadata"] = {"shared_with": [u for u in args.shared_with.split(",") if u]}
-    url = f"{_dapr_http_base(args.dapr_http_port)}/v1.0/publish/{args.pubsub}/{args.topic}"
-    headers = {"Content-Type": "application/json"}
-    if os.environ.get("DAPR_API_TOKEN"):
-        headers["dapr-api-token"] = os.environ["DAPR_API_TOKEN"]
-    request = urllib.request.Request(  # noqa: S310 - the Dapr sidecar's URL
-        url, data=orjson.dumps(event), headers=headers, method="POST"
+    from realtime_sync.publisher import Publisher, sidecar_base_url  # noqa: PLC0415
+
+    publisher = Publisher(
+        sidecar_base_url(args.dapr_http_port),
+        pubsub=args.pubsub,
+        topic=args.topic,
+        api_token=os.environ.get("DAPR_API_TOKEN") or None,
+        timeout_s=10,
     )
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
-            status = resp.status
+        status = publisher.publish(event)
     except urllib.error.HTTPError as exc:
-        return _fail(f"publish refused: HTTP {exc.code} {exc.read().decode(errors='replace')}")
+        body = exc.read().decode(errors="replace") if exc.fp is not None else ""
+        return _fail(f"publish refused: HTTP {exc.code} {body}")
     except (urllib.error.URLError, OSError) as exc:
-        return _fail(f"cannot reach the Dapr sidecar at {url}: {exc}")
+        return _fail(f"cannot reach the Dapr sidecar at {publisher.url}: {exc}")
     print(f"published {args.type} for task {event['task_id']} (HTTP {status})")
     return 0
 

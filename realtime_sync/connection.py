@@ -92,17 +92,13 @@ class ClientConnection:
 
     def send(self, frame: bytes) -> bool:
         """Queue or write one encoded text frame. False if the connection is (now) closing."""
-        if self.close_code is not None:
+        if self.close_code is not None or self._protocol.state is not State.OPEN:
             return False
-        ws = self.ws
-        if ws.protocol.state is not State.OPEN:
-            return False
-        transport: Any = ws.transport
-        buffered = transport.get_write_buffer_size()
-        if not self.outbox.frames and self._writer is None and buffered <= WRITE_HIGH_WATER:
+        buffered = self._transport.get_write_buffer_size()
+        if self._writer is None and not self.outbox.frames and buffered <= WRITE_HIGH_WATER:
             try:
-                ws.protocol.send_text(frame)
-                ws.send_data()
+                self._protocol.send_text(frame)
+                self.ws.send_data()
             except Exception:  # noqa: BLE001 - a dying socket; its handler cleans up
                 log.debug("direct write failed", extra={"connection_id": self.connection_id})
                 return False

@@ -10,18 +10,16 @@ real daprd (``DAPR_HTTP_PORT``, ``DAPR_API_TOKEN``; ``dapr.yaml`` runs it as a s
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import orjson
+from realtime_sync.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -220,39 +218,6 @@ class Story:
             del self.tasks[task.task_id]
             return self._event("TASK_REMOVED", task)
         return self._create()
-
-
-@dataclass
-class Publisher:
-    """Dapr's HTTP publish API on the local sidecar."""
-
-    base_url: str
-    pubsub: str = "pubsub"
-    topic: str = "task-updates"
-    api_token: str | None = None
-    timeout_s: float = 5.0
-
-    def publish(self, event: dict[str, Any]) -> None:
-        url = f"{self.base_url}/v1.0/publish/{self.pubsub}/{self.topic}"
-        headers = {"Content-Type": "application/json"}
-        if self.api_token:
-            headers["dapr-api-token"] = self.api_token
-        request = urllib.request.Request(  # noqa: S310 - the local Dapr sidecar
-            url, data=orjson.dumps(event), headers=headers, method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as resp:  # noqa: S310
-            if resp.status >= 300:
-                raise urllib.error.HTTPError(
-                    url, resp.status, "publish refused", resp.headers, None
-                )
-
-
-def sidecar_base_url(port: int | None = None) -> str:
-    endpoint = os.environ.get("DAPR_HTTP_ENDPOINT")
-    if endpoint and port is None:
-        return endpoint.rstrip("/")
-    host = os.environ.get("DAPR_RUNTIME_HOST", "127.0.0.1")
-    return f"http://{host}:{port or int(os.environ.get('DAPR_HTTP_PORT', '3500'))}"
 
 
 def run_demo(

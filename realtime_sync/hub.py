@@ -298,11 +298,8 @@ class Hub:
         else:
             cached = self.shares.cached(key)
             shared = cached if cached is not None else await self.shares.get(key)
-            now = self.clock()
-            if self.seen.seen(event.event_id, now):  # routed by another worker meanwhile
-                self.metrics.events_duplicate.inc()
-                return Verdict.SUCCESS
-        return self._deliver(event, published_at, shared, now)
+        # checks the id again: another worker may have routed it during the await
+        return self._route_cached(event, published_at, shared)
 
     def _route_cached(
         self,
@@ -311,7 +308,7 @@ class Hub:
         shared: tuple[str, ...],
         batch: Batch | None = None,
     ) -> Verdict:
-        """`route` for an event whose share list is cached: synchronous, no state call."""
+        """Route with the share list known (cached, or just read): synchronous."""
         now = self.clock()
         if self.seen.seen(event.event_id, now):
             self.metrics.events_duplicate.inc()
@@ -410,4 +407,3 @@ class Hub:
             now = self.clock()
             self.buffers.purge(now)
             self.seen.expire(now)
-            self.metrics.subscriptions.set(self.registry.subscription_count())

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
@@ -21,7 +21,6 @@ from realtime_sync.core.resume import Buffered, decode_snapshot, encode_snapshot
 from realtime_sync.metrics import Metrics
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 SHARES_PREFIX = "shares:"
 CONNECTION_PREFIX = "connection:"
 MAX_CACHED_SHARE_LISTS = 100_000
@@ -310,13 +309,3 @@ class ResumeSnapshots:
 
 
 _background: set[asyncio.Task[Any]] = set()
-
-
-async def with_retries(op: Callable[[], Awaitable[T]], attempts: int, delay_s: float) -> T:
-    """Run op, retrying StateUnavailable a few times with a fixed delay."""
-    for _ in range(attempts - 1):
-        try:
-            return await op()
-        except StateUnavailable:
-            await asyncio.sleep(delay_s)
-    return await op()

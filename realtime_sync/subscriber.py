@@ -56,6 +56,17 @@ class InvalidRequest(ValueError):
     """A malformed service-invocation request: answered INVALID_ARGUMENT."""
 
 
+def _json_object(request: InvokeMethodRequest) -> dict[str, Any]:
+    """The body of a service invocation, which must be a JSON object."""
+    try:
+        body = orjson.loads(request.data or b"")
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("body must be JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("body must be a JSON object")
+    return body
+
+
 class Unavailable(RuntimeError):
     """A dependency failed during a service invocation: answered UNAVAILABLE."""
 
@@ -239,12 +250,7 @@ class Subscriber:
 
     def set_task_shares(self, request: InvokeMethodRequest) -> str:
         """`{"task_id": …, "user_ids": [...]}` → replaces the share list; answers it."""
-        try:
-            body = orjson.loads(request.data or b"")
-        except orjson.JSONDecodeError:
-            raise InvalidRequest("body must be JSON") from None
-        if not isinstance(body, dict):
-            raise InvalidRequest("body must be a JSON object")
+        body = _json_object(request)
         task_id = body.get("task_id")
         users = body.get("user_ids")
         if not is_task_id(task_id):
@@ -264,11 +270,7 @@ class Subscriber:
 
     def get_presence(self, request: InvokeMethodRequest) -> str:
         """`{"user_id": …}` → that user's open connections across replicas."""
-        try:
-            body = orjson.loads(request.data or b"")
-        except orjson.JSONDecodeError:
-            raise InvalidRequest("body must be JSON") from None
-        user = body.get("user_id") if isinstance(body, dict) else None
+        user = _json_object(request).get("user_id")
         if not isinstance(user, str) or not user or len(user) > 256:
             raise InvalidRequest("user_id must be a non-empty string")
         try:
