@@ -109,6 +109,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("app_api_token", "APP_API_TOKEN", str, "", "token daprd must send to the app"),
     Setting("dapr_timeout_s", "DAPR_TIMEOUT_S", float, 2.0, "deadline of sidecar calls", 0.05, 120),
     Setting("handoff_queue", "HANDOFF_QUEUE", int, 10_000, "events waiting for the loop", 1, 10**7),
+    Setting(
+        "ack_ahead",
+        "ACK_AHEAD",
+        int,
+        64,
+        "events answered SUCCESS before their writes (recipients known); 0 = after",
+        0,
+        10**6,
+    ),
     Setting("handoff_wait_s", "HANDOFF_WAIT_S", float, 0.5, "wait on a full queue", 0, 30),
     Setting(
         "handler_timeout_s",
@@ -174,6 +183,7 @@ class Settings:
     app_api_token: str
     dapr_timeout_s: float
     handoff_queue: int
+    ack_ahead: int
     handoff_wait_s: float
     handler_timeout_s: float
     app_workers: int

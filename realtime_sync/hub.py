@@ -1,7 +1,9 @@
 """The event loop side of delivery: hand-off queue → route → fan-out.
 
 gRPC handler threads hand each parsed event over as a Handoff. One crossing into the
-loop, one back (a lock released with the verdict). Hand-offs land in an inbox that one
+loop, and one back (a lock released with the verdict) unless the thread may answer
+SUCCESS ahead: its share list was cached, so routing cannot fail, and fewer than
+ACK_AHEAD hand-offs are in flight. Hand-offs land in an inbox that one
 loop callback drains (call_soon_threadsafe only when no drain is pending, so a burst
 costs one wake-up). An event whose share list is cached is routed right there, with no
 task switch; one that needs the state store goes to the routing workers, and later
@@ -64,6 +66,10 @@ class Handoff:
 
     event: TaskEvent
     published_at: float | None
+    # The share list, when the thread found it cached: routing then needs no state call
+    # and cannot fail, so the event may be acknowledged ahead of its writes.
+    shared: tuple[str, ...] | None = None
+    acked: bool = False
     verdict: Verdict = Verdict.RETRY
     done: threading.Lock = field(default_factory=_held_lock)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -105,6 +111,7 @@ class Hub:
         shares: ShareLists,
         metrics: Metrics,
         queue_size: int,
+        ack_ahead: int = 0,
         dedupe_window_s: float,
         dedupe_max_ids: int,
         resume_window_s: float,
@@ -121,6 +128,7 @@ class Hub:
         self.clock = clock
         self.queue: asyncio.Queue[Handoff] = asyncio.Queue(maxsize=queue_size)
         self._capacity = queue_size
+        self._ack_ahead = ack_ahead
         self._inflight = 0
         self._inflight_lock = threading.Lock()
         self.loop = asyncio.get_running_loop()
@@ -135,9 +143,17 @@ class Hub:
     # -- from gRPC threads -------------------------------------------------------------
 
     def offer(self, handoff: Handoff, wait_s: float) -> bool:
-        """Thread side: enqueue, waiting up to wait_s for room. False = full (RETRY)."""
-        if not self._reserve(wait_s):
+        """Thread side: enqueue, waiting up to wait_s for room. False = full (RETRY).
+
+        Sets `handoff.acked` when the thread may answer SUCCESS at once: its recipients
+        are known (share list cached) and fewer than `ack_ahead` hand-offs are in flight.
+        Otherwise the thread waits for the verdict, which bounds what is acknowledged
+        but not yet written and passes backpressure on to daprd.
+        """
+        in_flight = self._reserve(wait_s)
+        if not in_flight:
             return False
+        handoff.acked = handoff.shared is not None and in_flight <= self._ack_ahead
         self._inbox.append(handoff)
         if not self._wake_pending:
             # The loop clears the flag after a round and then looks at the inbox again, so
@@ -155,19 +171,20 @@ class Hub:
                 return False
         return True
 
-    def _reserve(self, wait_s: float) -> bool:
-        """Thread side: take one slot of the bounded hand-off, waiting up to wait_s."""
+    def _reserve(self, wait_s: float) -> int:
+        """Thread side: take one slot of the bounded hand-off, waiting up to wait_s.
+        Returns the hand-offs in flight with this one, 0 when there was no room."""
         deadline: float | None = None
         while True:
             with self._inflight_lock:
                 if self._inflight < self._capacity:
                     self._inflight += 1
-                    return True
+                    return self._inflight
             now = time.monotonic()
             if deadline is None:
                 deadline = now + wait_s
             if now >= deadline:
-                return False
+                return 0
             time.sleep(min(0.005, deadline - now))
 
     def _release(self) -> None:
@@ -208,7 +225,9 @@ class Hub:
             key = event.task_key
             shared = None
             if event.shared_with is None and key not in self._slow_keys:
-                shared = self.shares.cached(key)
+                shared = handoff.shared
+                if shared is None:
+                    shared = self.shares.cached(key)
             if shared is None:
                 self._slow_keys[key] = self._slow_keys.get(key, 0) + 1
                 self.queue.put_nowait(handoff)  # never full: the semaphore holds the bound
@@ -250,7 +269,7 @@ class Hub:
                 if not handoff.take():
                     continue
                 try:
-                    verdict = await self.route(handoff.event, handoff.published_at)
+                    verdict = await self.route(handoff.event, handoff.published_at, handoff.shared)
                 except StateUnavailable as exc:
                     log.warning(
                         "routing failed; answering RETRY",
@@ -279,13 +298,21 @@ class Hub:
 
     async def wait_idle(self) -> None:
         """Until every queued hand-off has been routed (used by the drain)."""
+        if self._inbox:  # its drain callback has not run yet
+            self._idle.clear()
         await self._idle.wait()
 
-    async def route(self, event: TaskEvent, published_at: float | None) -> Verdict:
+    async def route(
+        self,
+        event: TaskEvent,
+        published_at: float | None,
+        known: tuple[str, ...] | None = None,
+    ) -> Verdict:
         """Route one event to every subscribed connection of its owner and shares.
 
         State is read (and written) before anything is delivered, so a state failure
         answers RETRY having sent nothing; the id is remembered only once delivered.
+        `known` is a share list the handler thread already found cached.
         """
         now = self.clock()
         if self.seen.seen(event.event_id, now):
@@ -296,7 +323,7 @@ class Hub:
             await self.shares.put(key, event.shared_with)
             shared: tuple[str, ...] = event.shared_with
         else:
-            cached = self.shares.cached(key)
+            cached = known if known is not None else self.shares.cached(key)
             shared = cached if cached is not None else await self.shares.get(key)
         # checks the id again: another worker may have routed it during the await
         return self._route_cached(event, published_at, shared)

@@ -41,6 +41,11 @@ class Metrics:
             "Events acknowledged without push: older than the resume window on arrival",
             registry=r,
         )
+        self.events_acked_ahead = Counter(
+            "realtime_sync_events_acked_ahead",
+            "Events answered SUCCESS with their recipients known, before the loop wrote them",
+            registry=r,
+        )
         self.events_duplicate = Counter(
             "realtime_sync_events_duplicate",
             "Redelivered event ids acknowledged without sending again",

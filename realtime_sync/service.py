@@ -56,6 +56,7 @@ class Service:
             shares=shares,
             metrics=self.metrics,
             queue_size=s.handoff_queue,
+            ack_ahead=s.ack_ahead,
             dedupe_window_s=s.dedupe_window_s,
             dedupe_max_ids=s.dedupe_max_ids,
             resume_window_s=s.resume_window_s,

@@ -225,10 +225,14 @@ class Subscriber:
                     extra={"event_id": event.event_id, "age_s": round(age, 1)},
                 )
                 return Verdict.SUCCESS, label
-        handoff = Handoff(event, publish_time(published, event.timestamp, received))
+        shared = None if event.shared_with is not None else self._hub.shares.cached(event.task_key)
+        handoff = Handoff(event, publish_time(published, event.timestamp, received), shared)
         if not self._hub.offer(handoff, self._s.handoff_wait_s):
             log.warning("hand-off queue full; answering RETRY", extra={"event_id": event.event_id})
             return Verdict.RETRY, label
+        if handoff.acked:  # routed: recipients known, frames written by the loop next
+            self._metrics.events_acked_ahead.inc()
+            return Verdict.SUCCESS, label
         verdict = handoff.wait(self._s.handler_timeout_s)
         if verdict is not None:
             return verdict, label

@@ -164,6 +164,28 @@ async def test_a_redelivered_event_id_is_sent_once(stack: ServiceProcess) -> Non
     assert stack.metric("realtime_sync_events_duplicate_total") >= 2
 
 
+async def test_events_of_a_cached_task_are_acked_ahead_and_all_arrive_once(
+    stack: ServiceProcess,
+) -> None:
+    """The first event of a task reads its share list (the thread waits for the verdict);
+    later ones find it cached and are answered SUCCESS before the loop writes them. (The
+    sidecar delivers with 10 workers, as Redis Streams does, so the order is Dapr's.)"""
+    async with stack.client("owner-ahead") as owner, stack.client("friend-ahead") as friend:
+        stack.sidecar.save_state([{"key": "shares:77", "value": ["friend-ahead"]}])
+        stack.publish(task_event("owner-ahead", 77, id="ahead-first"))
+        await owner.updates(1)
+        await friend.updates(1)
+        before = stack.metric("realtime_sync_events_acked_ahead_total")
+        ids = [f"ahead-{i}" for i in range(20)]
+        for event_id in ids:
+            stack.publish(task_event("owner-ahead", 77, id=event_id))
+        assert sorted(f["event_id"] for f in await owner.updates(20)) == sorted(ids)
+        assert sorted(f["event_id"] for f in await friend.updates(20)) == sorted(ids)
+        assert await owner.silence(0.3) == []
+        assert await friend.silence(0.1) == []
+    assert stack.metric("realtime_sync_events_acked_ahead_total") - before == 20
+
+
 async def test_text_plain_publish_is_parsed_as_json(stack: ServiceProcess) -> None:
     async with stack.client("owner-txt") as client:
         body = orjson.dumps(task_event("owner-txt", 11, id="txt-1"))

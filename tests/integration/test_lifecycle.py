@@ -60,7 +60,10 @@ async def test_a_hung_state_store_answers_retry_within_the_deadline() -> None:
             assert frame["event_id"] == "h-1"
 
 
-async def test_sigterm_closes_clients_1001_and_acks_nothing_undelivered() -> None:
+@pytest.mark.parametrize("tasks", [50, 1], ids=["distinct-tasks", "one-cached-task"])
+async def test_sigterm_closes_clients_1001_and_acks_nothing_undelivered(tasks: int) -> None:
+    """With one task, its share list is cached after the first event and the rest are
+    acknowledged ahead of their writes: the drain must still deliver each of them."""
     with running_stack(
         "sigterm", sidecar_args=FAST_RETRY, service_env_extra={"DRAIN_S": "0.5"}
     ) as stack:
@@ -68,7 +71,12 @@ async def test_sigterm_closes_clients_1001_and_acks_nothing_undelivered() -> Non
         async with stack.client("owner-t") as client:
             for i in range(50):
                 stack.publish(
-                    {"type": "TASK_CHANGED", "user_id": "owner-t", "task_id": i, "id": f"t-{i}"}
+                    {
+                        "type": "TASK_CHANGED",
+                        "user_id": "owner-t",
+                        "task_id": i % tasks,
+                        "id": f"t-{i}",
+                    }
                 )
             await asyncio.sleep(0.05)
             assert stack.proc is not None
