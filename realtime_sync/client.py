@@ -54,6 +54,16 @@ AUTH_CLOSE_CODES: Final = frozenset({4001, 4002})
 THROTTLE_CLOSE_CODES: Final = frozenset({4029})
 #: HTTP statuses at the handshake that retrying cannot fix.
 FATAL_HANDSHAKE_STATUSES: Final = frozenset({400, 401, 403, 404})
+# A refresh is sent this share of the token's remaining life before it expires, at most
+# REFRESH_LEAD_MAX_S before (clock skew between client and server is covered too).
+REFRESH_LEAD_SHARE: Final = 0.2
+REFRESH_LEAD_MAX_S: Final = 60.0
+
+
+def refresh_delay(expires_at: float, now: float) -> float:
+    """Seconds from `now` until a token expiring at `expires_at` should be refreshed."""
+    remaining = expires_at - now
+    return max(0.0, remaining - min(REFRESH_LEAD_MAX_S, REFRESH_LEAD_SHARE * remaining))
 
 
 class ConnectionState(enum.StrEnum):
@@ -159,6 +169,8 @@ class _Session:
     close_reason: str = ""
     silent: bool = False
     pending_subscriptions: set[int | str] = field(default_factory=set)
+    expires_at: float | None = None
+    refresher: asyncio.Task[None] | None = None
 
 
 class SyncClient:
@@ -170,6 +182,11 @@ class SyncClient:
     ``backoff_base_s`` / ``backoff_cap_s``: the reconnect backoff (full jitter).
     ``ping_interval_s`` / ``ping_timeout_s``: after this long without a frame, ping; without
     an answer in time, the connection is dropped and re-established.
+
+    With a token provider, the live connection outlives each token: before the expiry the
+    server announced (`exp`), the provider is asked for a new token, which goes to the
+    server in a ``refresh`` frame. If that fails, the server closes with 4002 and the
+    client reconnects with a fresh token and resumes.
     """
 
     def __init__(
@@ -396,9 +413,11 @@ class SyncClient:
                 if isinstance(frame, dict):
                     await self._on_frame(ws, session, frame)
         finally:
-            watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
+            for task in (watchdog, session.refresher):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def _watchdog(
         self, ws: ClientConnection, session: _Session, last_rx: Callable[[], float]
@@ -419,6 +438,32 @@ class SyncClient:
                 log.info("realtime-sync connection silent: dropping it")
                 ws.transport.abort()
                 return
+
+    def _plan_refresh(self, ws: ClientConnection, session: _Session, exp: Any) -> None:
+        """Schedule the next `refresh` for a token expiring at `exp` (from `connected` or
+        `refreshed`). Only a provider can give a newer token, and only a later expiry is
+        worth another round (a provider returning the same token would loop)."""
+        if isinstance(self._token_source, str) or isinstance(exp, bool):
+            return
+        if not isinstance(exp, int | float):
+            return
+        if session.expires_at is not None and exp <= session.expires_at:
+            log.warning("realtime-sync refresh gave no later expiry; the token will lapse")
+            return
+        session.expires_at = float(exp)
+        delay = refresh_delay(float(exp), time.time())
+        session.refresher = asyncio.get_running_loop().create_task(self._refresh_after(ws, delay))
+
+    async def _refresh_after(self, ws: ClientConnection, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            token = await self._token()
+            await self._send(ws, {"type": "refresh", "token": token})
+        except ConnectionClosed:
+            return
+        except Exception as exc:  # noqa: BLE001 - the provider's own failure: the server
+            # closes with 4002 at expiry and the reconnect asks the provider again
+            log.warning("realtime-sync token refresh failed: %s", exc)
 
     async def _send(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
         self._next_id += 1
@@ -446,7 +491,10 @@ class SyncClient:
                 self.connection_id = str(frame.get("connection_id"))
                 self.user_id = str(frame.get("user_id"))
                 self._refused_token = None
+                self._plan_refresh(ws, session, frame.get("exp"))
                 await self._subscribe(ws, session)
+            case "refreshed":
+                self._plan_refresh(ws, session, frame.get("exp"))
             case "task_update" if "event_id" in frame:
                 update = TaskUpdate.from_frame(frame)
                 if self._dedupe.seen(update.event_id):

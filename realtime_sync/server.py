@@ -226,7 +226,9 @@ class Gateway:
             extra={"connection_id": conn.connection_id, "user_id": conn.user_id},
         )
         try:
-            conn.send(connected_frame(conn.connection_id, conn.user_id, s.heartbeat_s))
+            conn.send(
+                connected_frame(conn.connection_id, conn.user_id, s.heartbeat_s, conn.expires_at)
+            )
             async for message in ws:
                 if conn.closing:
                     break

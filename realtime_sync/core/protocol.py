@@ -135,13 +135,18 @@ def _with_id(frame: dict[str, Any], msg_id: MessageId) -> dict[str, Any]:
     return frame
 
 
-def connected_frame(connection_id: str, user_id: str, heartbeat_s: float) -> bytes:
+def connected_frame(
+    connection_id: str, user_id: str, heartbeat_s: float, expires_at: float
+) -> bytes:
+    """The first frame; `exp` (the token's expiry, Unix time) tells the client when to
+    send a `refresh` so the connection outlives its token."""
     return orjson.dumps(
         {
             "type": "connected",
             "connection_id": connection_id,
             "user_id": user_id,
             "heartbeat_s": heartbeat_s,
+            "exp": expires_at,
         }
     )
 

@@ -124,6 +124,7 @@ class ServiceProcess:
             hello = await client.next()
             assert hello["type"] == "connected", hello
             client.connection_id = hello["connection_id"]
+            client.hello = hello
             if subscribe_all:
                 await client.send({"type": "subscribe", "all": True, "id": "sub-all"})
                 reply = await client.next()
@@ -137,6 +138,7 @@ class Client:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self.connection_id = ""
+        self.hello: dict[str, Any] = {}
 
     async def send(self, frame: dict[str, Any] | str) -> None:
         await self.ws.send(frame if isinstance(frame, str) else orjson.dumps(frame).decode())

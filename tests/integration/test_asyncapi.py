@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,8 @@ async def test_every_frame_the_server_sends_validates(stack: ServiceProcess) -> 
         await exchange({"type": "dance"})
         await exchange({"type": "subscribe", "all": "yes"})
         await exchange(b"\x00binary")
-    seen = {f["type"] for f in frames} | {"connected"}
+    frames.append(client.hello)
+    seen = {f["type"] for f in frames}
     assert seen == set(BY_TYPE), seen
     assert {f.get("action") for f in frames if f["type"] == "task_update"} == {
         "task_created",
@@ -89,8 +91,8 @@ async def test_every_frame_the_server_sends_validates(stack: ServiceProcess) -> 
     for frame in frames:
         SERVER.validate(frame)
         validator(BY_TYPE[frame["type"]]).validate(frame)
-    hello = {"type": "connected", "connection_id": "c", "user_id": "u", "heartbeat_s": 30}
-    SERVER.validate(hello)
+    token_exp = frames[-1]["exp"]
+    assert isinstance(token_exp, float) and token_exp > time.time()  # the token's own exp
 
 
 def test_the_schemas_reject_what_the_server_must_not_send() -> None:

@@ -26,6 +26,7 @@ from realtime_sync.client import (
     TaskUpdate,
     TokenRefused,
     backoff_delay,
+    refresh_delay,
 )
 from tests.integration.conftest import ServiceProcess, running_stack
 
@@ -255,13 +256,42 @@ async def test_reconnects_after_the_service_restarts_and_catches_up(stack: Servi
     assert rec.reconnects[0].close_code in {1001, 1006}
 
 
+async def test_a_provider_token_is_refreshed_on_the_live_connection(
+    stack: ServiceProcess,
+) -> None:
+    """Tokens of 2 s, no leeway: the client sends `refresh` before each expiry, so one
+    connection outlives three tokens and never sees 4002."""
+    issued: list[str] = []
+
+    def provider() -> str:
+        issued.append(stack.token("py-refresh", ttl_s=2))
+        return issued[-1]
+
+    rec = Recorder()
+    client = SyncClient(stack.ws_url, provider, **FAST, **rec.kwargs())
+    async with client:
+        await until(lambda: client.state == ConnectionState.CONNECTED)
+        first_connection = client.connection_id
+        await asyncio.sleep(5.0)
+        event_id = publish(stack, "py-refresh", 1)
+        await until(lambda: event_id in rec.ids)
+        assert client.connection_id == first_connection
+    assert client.connections == 1
+    assert rec.reconnects == []
+    assert len(issued) >= 3
+
+
 async def test_after_4002_a_fresh_token_is_fetched_and_the_client_resumes(
     stack: ServiceProcess,
 ) -> None:
+    """The refresh is refused (the provider hands out another user's token), so the
+    token lapses: 4002, then a reconnect with a fresh token and a resume."""
     issued: list[str] = []
+    plan = [("py-expiry", 2), ("someone-else", 3600), ("py-expiry", 3600)]
 
     async def provider() -> str:
-        issued.append(stack.token("py-expiry", ttl_s=2 if not issued else 3600))
+        user, ttl = plan[min(len(issued), 2)]
+        issued.append(stack.token(user, ttl_s=ttl))
         return issued[-1]
 
     rec = Recorder()
@@ -273,7 +303,7 @@ async def test_after_4002_a_fresh_token_is_fetched_and_the_client_resumes(
         second = publish(stack, "py-expiry", 2)
         await until(lambda: len(rec.ids) == 2)
     assert rec.ids == [first, second]
-    assert len(issued) == 2 and issued[0] != issued[1]
+    assert len(issued) == 3 and len(set(issued)) == 3
     assert rec.reconnects[0].delay_s == 0  # a fresh token: no backoff needed
     assert client.connections == 2
 
@@ -326,6 +356,12 @@ async def test_the_watchdog_replaces_a_silent_connection(stack: ServiceProcess) 
             assert client.connection_id != first_connection
             event_id = publish(stack, "py-silent", 1)
             await until(lambda: event_id in rec.ids)
+
+
+def test_a_refresh_is_planned_a_fifth_of_the_lifetime_early_at_most_a_minute() -> None:
+    assert refresh_delay(1000.0 + 10, 1000.0) == pytest.approx(8.0)
+    assert refresh_delay(1000.0 + 3600, 1000.0) == pytest.approx(3540.0)
+    assert refresh_delay(1000.0 - 5, 1000.0) == 0.0
 
 
 def test_backoff_is_capped_full_jitter() -> None:

@@ -233,11 +233,12 @@ def test_a_bad_id_is_not_echoed() -> None:
 
 
 def test_connected_frame_has_the_designed_fields() -> None:
-    assert _frame(connected_frame("c-1", "alice", 30.0)) == {
+    assert _frame(connected_frame("c-1", "alice", 30.0, 1795708800.0)) == {
         "type": "connected",
         "connection_id": "c-1",
         "user_id": "alice",
         "heartbeat_s": 30.0,
+        "exp": 1795708800.0,
     }
 
 
@@ -461,7 +462,7 @@ def test_every_server_frame_builder_writes_json_of_its_type(
     sub = Subscribe(msg_id, everything, target, since)
     unsub = Unsubscribe(msg_id, everything, target)
     built = {
-        "connected": connected_frame(text_a, text_b, number),
+        "connected": connected_frame(text_a, text_b, number, number),
         "pong": pong_frame(msg_id),
         "subscribed": subscribed_frame(sub, recovered=everything, replayed=3),
         "unsubscribed": unsubscribed_frame(unsub),
