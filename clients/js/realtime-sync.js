@@ -16,10 +16,20 @@
 // - reconnects use exponential backoff with full jitter: uniform(0, min(cap, base * 2^attempt));
 // - after a reconnect it subscribes again with `since` = the last event id seen, so the server
 //   replays what was missed; duplicate event ids are dropped;
-// - a watchdog pings a silent connection and replaces it when the ping goes unanswered.
+// - a watchdog pings a silent connection and replaces it when the ping goes unanswered;
+// - with a token function, a live connection outlives its token: before the expiry the server
+//   announced (`exp` in `connected` / `refreshed`), the function is asked for a new token, sent
+//   in a {"type":"refresh"} frame; if that fails the server closes with 4002 (see above).
 
 export const AUTH_CLOSE_CODES = new Set([4001, 4002]);
 export const THROTTLE_CLOSE_CODES = new Set([4029]);
+
+/** Milliseconds from `nowMs` until a token expiring at `expSeconds` (Unix time) should be
+ * refreshed: a fifth of its remaining life early, at most a minute early. */
+export function refreshDelayMs(expSeconds, nowMs) {
+  const remaining = expSeconds * 1000 - nowMs;
+  return Math.max(0, remaining - Math.min(60000, 0.2 * remaining));
+}
 
 /** Full-jitter exponential backoff: a uniform delay in [0, min(cap, base * 2^attempt)] ms. */
 export function backoffDelay(attempt, { baseMs, capMs, random = Math.random }) {
@@ -98,6 +108,7 @@ export class RealtimeSyncClient extends EventTarget {
     this._ws = null;
     this._timer = null;
     this._watchdog = null;
+    this._refreshTimer = null;
     this._refusedToken = null;
     this._nextId = 0;
     this._queue = [];
@@ -192,7 +203,15 @@ export class RealtimeSyncClient extends EventTarget {
       return;
     }
     this._ws = ws;
-    const session = { connected: false, pending: new Set(), token, lastRx: Date.now(), pingedAt: null, silent: false };
+    const session = {
+      connected: false,
+      pending: new Set(),
+      token,
+      lastRx: Date.now(),
+      pingedAt: null,
+      silent: false,
+      expiresAt: null,
+    };
     ws.onopen = () => {
       if (this._ws !== ws) return;
       session.lastRx = Date.now();
@@ -220,6 +239,7 @@ export class RealtimeSyncClient extends EventTarget {
   _onClosed(session, code, reason) {
     this._ws = null;
     clearInterval(this._watchdog);
+    clearTimeout(this._refreshTimer);
     if (!this._running) return;
     if (session.silent) code = 4000; // our own: the ping went unanswered
     if (session.connected) this._attempt = 0;
@@ -263,6 +283,7 @@ export class RealtimeSyncClient extends EventTarget {
     const ws = this._ws;
     this._ws = null;
     clearInterval(this._watchdog);
+    clearTimeout(this._refreshTimer);
     if (ws) {
       try {
         ws.close(code, reason);
@@ -291,6 +312,26 @@ export class RealtimeSyncClient extends EventTarget {
     }, tick);
   }
 
+  /** Plan the next refresh for a token expiring at `exp` (from `connected` or `refreshed`).
+   * Only a token function can give a newer token, and only a later expiry is worth another
+   * round (a function returning the same token would loop). */
+  _planRefresh(ws, session, exp) {
+    if (typeof this.tokenSource !== "function" || typeof exp !== "number" || !Number.isFinite(exp)) return;
+    if (session.expiresAt !== null && exp <= session.expiresAt) return; // let it lapse: 4002, reconnect
+    session.expiresAt = exp;
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = setTimeout(async () => {
+      if (this._ws !== ws) return;
+      let token;
+      try {
+        token = await this._token();
+      } catch {
+        return; // the server closes with 4002 at expiry; the reconnect asks again
+      }
+      if (this._ws === ws) this._send(ws, { type: "refresh", token });
+    }, refreshDelayMs(exp, Date.now()));
+  }
+
   _send(ws, frame) {
     this._nextId += 1;
     frame.id = this._nextId;
@@ -310,6 +351,7 @@ export class RealtimeSyncClient extends EventTarget {
         this.connectionId = frame.connection_id;
         this.userId = frame.user_id;
         this._refusedToken = null;
+        this._planRefresh(ws, session, frame.exp);
         const targets = this.subscribeAll ? [{ all: true }] : this.taskIds.map((taskId) => ({ taskId }));
         for (const target of targets) {
           const msg = { type: "subscribe", ...target };
@@ -334,6 +376,9 @@ export class RealtimeSyncClient extends EventTarget {
       case "subscribed":
         session.pending.delete(frame.id);
         if (session.pending.size === 0) this._setState("connected");
+        break;
+      case "refreshed":
+        this._planRefresh(ws, session, frame.exp);
         break;
       case "error":
         this.dispatchEvent(new CustomEvent("servererror", { detail: frame }));

@@ -6,7 +6,7 @@ import net from "node:net";
 import { test } from "node:test";
 import WebSocket from "ws";
 
-import { RealtimeSyncClient, TokenRefusedError, backoffDelay } from "../realtime-sync.js";
+import { RealtimeSyncClient, TokenRefusedError, backoffDelay, refreshDelayMs } from "../realtime-sync.js";
 
 const WS_URL = process.env.RS_WS_URL;
 const PUBLISH_URL = process.env.RS_PUBLISH_URL;
@@ -236,10 +236,43 @@ test("reconnects after the service restarts and catches up", async () => {
   }
 });
 
-test("after 4002 it asks the provider for a fresh token and resumes", async () => {
+test("a provider's token is refreshed on the live connection: no reconnect, no 4002", async () => {
   const tokens = [];
+  const provider = () => {
+    tokens.push(mintToken("js-refresh", 2)); // every token lives 2 s; the server has no leeway
+    return tokens.at(-1);
+  };
+  const client = new RealtimeSyncClient({ url: WS_URL, token: provider, ...fast });
+  const seen = watch(client);
+  client.start();
+  try {
+    await waitFor(() => client.state === "connected", 8000, "connected");
+    const firstConnection = client.connectionId;
+    await new Promise((r) => setTimeout(r, 5000));
+    const id = await publish("js-refresh", 1);
+    await waitFor(() => seen.updates.some((u) => u.event_id === id), 8000, "the update");
+    assert.equal(client.connectionId, firstConnection);
+    assert.equal(client.connections, 1);
+    assert.deepEqual(seen.reconnects, []);
+    assert.ok(tokens.length >= 3, `asked ${tokens.length} times`);
+  } finally {
+    client.close();
+  }
+});
+
+test("refreshDelayMs: a fifth of the lifetime early, at most a minute", () => {
+  assert.equal(refreshDelayMs(1010, 1_000_000), 8000);
+  assert.equal(refreshDelayMs(1000 + 3600, 1_000_000), 3_540_000);
+  assert.equal(refreshDelayMs(995, 1_000_000), 0);
+});
+
+test("after 4002 it asks the provider for a fresh token and resumes", async () => {
+  // The refresh is refused (another user's token), so the first token lapses: 4002.
+  const tokens = [];
+  const plan = [["js-expiry", 2], ["someone-else", 3600], ["js-expiry", 3600]];
   const provider = async () => {
-    const token = mintToken("js-expiry", tokens.length === 0 ? 2 : 3600); // the first expires in 2 s
+    const [user, ttl] = plan[Math.min(tokens.length, 2)];
+    const token = mintToken(user, ttl);
     tokens.push(token);
     return token;
   };
@@ -253,7 +286,7 @@ test("after 4002 it asks the provider for a fresh token and resumes", async () =
     const second = await publish("js-expiry", 2);
     await waitFor(() => seen.updates.length === 2, 8000, "updates after the fresh token");
     assert.deepEqual(seen.updates.map((u) => u.event_id), [first, second]);
-    assert.equal(tokens.length, 2, "asked once more, after the 4002");
+    assert.equal(tokens.length, 3, "asked for the refresh, then once more after the 4002");
     assert.equal(client.connections, 2);
     assert.equal(seen.errors.length, 0);
   } finally {
