@@ -233,6 +233,13 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def instance_name(environ: Mapping[str, str] | None = None) -> str:
+    """Where this process runs, stable across restarts of the app: the pod (`POD_NAME`),
+    else the host. Two runs on one instance sit behind the same sidecar."""
+    env = os.environ if environ is None else environ
+    return env.get("POD_NAME") or socket.gethostname()
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, str | None] | None = None,
@@ -251,8 +258,7 @@ def load_settings(
     if not values["dead_letter_topic"]:
         values["dead_letter_topic"] = f"{values['topic_name']}-deadletter"
     if not values["replica_id"]:
-        pod = env.get("POD_NAME") or socket.gethostname()
-        values["replica_id"] = f"{pod}-{uuid.uuid4().hex[:6]}"
+        values["replica_id"] = f"{instance_name(env)}-{uuid.uuid4().hex[:6]}"
     key_file = values["jwt_public_key_file"]
     if key_file and not values["jwt_public_key"]:
         try:

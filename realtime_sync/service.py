@@ -13,11 +13,12 @@ import contextlib
 import logging
 import signal
 import time
+import uuid
 from typing import Any
 
 import aiohttp
 
-from realtime_sync.config import Settings
+from realtime_sync.config import Settings, instance_name
 from realtime_sync.core.auth import TokenVerifier
 from realtime_sync.hub import Hub
 from realtime_sync.metrics import Metrics
@@ -52,6 +53,13 @@ class Service:
             store=s.state_store_name, timeout_s=s.dapr_timeout_s, metrics=self.metrics
         )
         shares = ShareLists(state, cache_s=s.shares_cache_s, clock=time.monotonic)
+        snapshots = ResumeSnapshots(
+            state,
+            ttl_s=int(s.resume_window_s),
+            instance=instance_name(),
+            generation=uuid.uuid4().hex,
+            started_at=time.time(),
+        )
         hub = Hub(
             shares=shares,
             metrics=self.metrics,
@@ -61,7 +69,7 @@ class Service:
             dedupe_max_ids=s.dedupe_max_ids,
             resume_window_s=s.resume_window_s,
             resume_max_events=s.resume_max_events,
-            snapshots=ResumeSnapshots(state, ttl_s=int(s.resume_window_s)),
+            snapshots=snapshots,
         )
         records = ConnectionRecords(state, replica=s.replica_id, ttl_s=s.connection_ttl_s)
         verifier = TokenVerifier(
@@ -114,7 +122,7 @@ class Service:
             async with asyncio.TaskGroup() as tg:
                 background += [
                     tg.create_task(hub.run()),
-                    tg.create_task(self._connect_state(state, records)),
+                    tg.create_task(self._connect_state(state, records, snapshots)),
                     tg.create_task(records.run()),
                     tg.create_task(self._probe_sidecar()),
                 ]
@@ -166,8 +174,17 @@ class Service:
                 await records.remove_all()
         log.info("drained", extra={"seconds": round(time.monotonic() - started, 2)})
 
-    async def _connect_state(self, state: DaprState, records: ConnectionRecords) -> None:
+    async def _connect_state(
+        self, state: DaprState, records: ConnectionRecords, snapshots: ResumeSnapshots
+    ) -> None:
         await state.connect(self._sidecar_outbound_ready)
+        try:
+            claimed = await snapshots.claim_handover()
+        except StateUnavailable as exc:  # then only overlapping snapshots are merged
+            log.warning("resume hand-over not claimed", extra={"reason": str(exc)})
+        else:
+            if claimed is not None:
+                log.info("took over resume snapshots", extra={"generation": claimed})
         await records.start()
 
     async def _sidecar_outbound_ready(self) -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from realtime_sync.core.resume import Buffered, decode_snapshot, encode_snapshot
+from realtime_sync.core.resume import Buffered, contiguous, decode_snapshot, encode_snapshot
 from realtime_sync.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -283,29 +283,89 @@ class ShareLists:
 
 class ResumeSnapshots:
     """`resume:{user_id}`: a user's recent events, saved at shutdown for the clients being
-    closed, so they resume across a restart of the service instead of resyncing."""
+    closed, so they resume across a restart of the service instead of resyncing.
+
+    Each run of the service is a generation. At its graceful shutdown it saves the
+    snapshots, then `resume-handover:{instance}` (instance: the pod, or the host) naming
+    its generation; the next run on the same instance, behind the same sidecar, claims
+    (reads and deletes) it at start. A snapshot is merged only when it joins this run's
+    history without a gap (`core.resume.contiguous`): one from a run that crashed after
+    taking over, or from two runs ago, answers `resync_required` instead.
+    """
 
     PREFIX = "resume:"
+    HANDOVER_PREFIX = "resume-handover:"
     MAX_EVENTS = 200
     BATCH = 100
+    SKEW_MARGIN_S = 5.0
 
-    def __init__(self, state: DaprState, *, ttl_s: int) -> None:
+    def __init__(
+        self,
+        state: DaprState,
+        *,
+        ttl_s: int,
+        instance: str,
+        generation: str,
+        started_at: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._state = state
         self._ttl = max(1, ttl_s)
+        self._handover_key = self.HANDOVER_PREFIX + instance
+        self.generation = generation
+        self._started_at = started_at
+        self._clock = clock
+        self.claimed: str | None = None
+
+    async def claim_handover(self) -> str | None:
+        """At start: take over from the previous run on this instance, if it shut down
+        gracefully (its hand-over is still there). Returns its generation."""
+        raw, _ = await self._state.get(self._handover_key)
+        if not raw:
+            return None
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            value = None
+        await self._state.delete_many([self._handover_key])
+        if isinstance(value, dict) and isinstance(value.get("generation"), str):
+            self.claimed = value["generation"]
+        return self.claimed
 
     async def save(self, snapshots: dict[str, list[Buffered]]) -> int:
+        now = self._clock()
         items = [
-            (self.PREFIX + user, encode_snapshot(entries, self.MAX_EVENTS))
+            (
+                self.PREFIX + user,
+                encode_snapshot(entries, self.MAX_EVENTS, generation=self.generation, saved_at=now),
+            )
             for user, entries in snapshots.items()
             if entries
         ]
         for start in range(0, len(items), self.BATCH):
             await self._state.save_many(items[start : start + self.BATCH], ttl_s=self._ttl)
+        handover = orjson.dumps({"generation": self.generation, "saved_at": now})
+        await self._state.save_many([(self._handover_key, handover)], ttl_s=self._ttl)
         return len(items)
 
     async def load(self, user_id: str) -> list[Buffered]:
+        """The user's saved events if they continue this run's history, else []."""
         raw, _ = await self._state.get(self.PREFIX + user_id)
-        return decode_snapshot(raw)
+        snapshot = decode_snapshot(raw)
+        if snapshot is None:
+            return []
+        if not contiguous(
+            snapshot,
+            claimed=self.claimed,
+            history_since=self._started_at,
+            margin_s=self.SKEW_MARGIN_S,
+        ):
+            log.info(
+                "resume snapshot not merged: a gap may lie between it and this run",
+                extra={"generation": snapshot.generation},
+            )
+            return []
+        return snapshot.entries
 
 
 _background: set[asyncio.Task[Any]] = set()

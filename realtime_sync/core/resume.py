@@ -96,25 +96,78 @@ class ResumeBuffers:
             buf.popleft()
 
 
-def encode_snapshot(entries: list[Buffered], limit: int) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A user's buffer as saved by one run of the service at its graceful shutdown.
+
+    `generation` names that run and `saved_at` is when it saved (Unix time): a later run
+    may only merge it if its own history joins on without a gap (see `contiguous`).
+    """
+
+    generation: str
+    saved_at: float
+    entries: list[Buffered]
+
+
+def contiguous(
+    snapshot: Snapshot, *, claimed: str | None, history_since: float, margin_s: float
+) -> bool:
+    """Whether this run's buffers continue `snapshot` with no event missing in between.
+
+    Either this run took over from the run that saved it (it claimed that generation's
+    hand-over: same sidecar, so what was published meanwhile waited for this run), or this
+    run was already receiving every event when the snapshot was saved (`history_since`,
+    with `margin_s` for clock skew between replicas). Otherwise a run in between may have
+    delivered events it never saved (it crashed, or the user was offline at its shutdown),
+    and merging would claim a recovery with a hole in it.
+    """
+    if claimed is not None and snapshot.generation == claimed:
+        return True
+    return snapshot.saved_at >= history_since + margin_s
+
+
+def encode_snapshot(
+    entries: list[Buffered], limit: int, *, generation: str, saved_at: float
+) -> bytes:
     """The newest `limit` entries of a user's buffer, for the state store."""
     return orjson.dumps(
-        [[e.event_id, e.task_key, e.frame.decode(), e.at] for e in entries[-limit:]]
+        {
+            "generation": generation,
+            "saved_at": saved_at,
+            "entries": [[e.event_id, e.task_key, e.frame.decode(), e.at] for e in entries[-limit:]],
+        }
     )
 
 
-def decode_snapshot(raw: bytes) -> list[Buffered]:
-    """Entries of a stored snapshot; anything malformed is skipped."""
+def decode_snapshot(raw: bytes) -> Snapshot | None:
+    """A stored snapshot, or None if it is missing or malformed (malformed entries are
+    skipped)."""
     if not raw:
-        return []
+        return None
     try:
         value: Any = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return []
-    if not isinstance(value, list):
-        return []
+        return None
+    if not isinstance(value, dict):
+        return None
+    generation, saved_at, items = (
+        value.get("generation"),
+        value.get("saved_at"),
+        value.get("entries"),
+    )
+    if (
+        not isinstance(generation, str)
+        or not isinstance(saved_at, int | float)
+        or isinstance(saved_at, bool)
+        or not isinstance(items, list)
+    ):
+        return None
+    return Snapshot(generation, float(saved_at), _entries(items))
+
+
+def _entries(items: list[Any]) -> list[Buffered]:
     found: list[Buffered] = []
-    for item in value:
+    for item in items:
         if (
             isinstance(item, list)
             and len(item) == 4

@@ -449,6 +449,35 @@ async def test_resume_works_across_a_service_restart() -> None:
             assert await second.silence(0.5) == []
 
 
+async def test_a_snapshot_older_than_a_crashed_run_is_not_merged() -> None:
+    """Run 1 drains: the user's buffer (rs-0..2) is saved with a hand-over. Run 2 takes it
+    over, delivers cr-3..5 (to another tab of the user), and is killed: nothing saved.
+    Resuming from rs-2 on run 3 must not merge run 1's snapshot, which would claim a
+    recovery that skips cr-3..5: the answer is resync_required."""
+    with running_stack(
+        "crash-resume",
+        sidecar_args=["--retry-initial-s", "0.2", "--retry-max-interval-s", "1"],
+        service_env_extra={"DRAIN_S": "0.2"},
+    ) as stack:
+        async with stack.client("cr-u") as first:
+            for i in range(3):
+                stack.publish(event("cr-u", i, f"cr-{i}"))
+            seen = [f["event_id"] for f in await first.updates(3)]
+            assert await asyncio.to_thread(stack.stop) == 0
+        stack.start()
+        async with stack.client("cr-u") as other_tab:
+            for i in range(3, 6):
+                stack.publish(event("cr-u", i, f"cr-{i}"))
+            assert len(await other_tab.updates(3)) == 3  # routed and acknowledged by run 2
+            assert stack.stop(signal.SIGKILL) == -signal.SIGKILL
+        stack.start()
+        async with stack.client("cr-u", subscribe_all=False) as resumed:
+            await resumed.send({"type": "subscribe", "all": True, "since": sorted(seen)[-1]})
+            assert (await resumed.next())["type"] == "resync_required"
+            reply = await resumed.next()
+            assert (reply["type"], reply["recovered"]) == ("subscribed", False)
+
+
 async def test_permessage_deflate_when_enabled_still_delivers_every_frame() -> None:
     """COMPRESSION=deflate: frames go through websockets' own (compressing) framing, not the
     pre-encoded fast path, and arrive intact and in full."""

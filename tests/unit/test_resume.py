@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from realtime_sync.core.resume import Buffered, ResumeBuffers
+from realtime_sync.core.resume import Buffered, ResumeBuffers, Snapshot, contiguous
 
 
 def _entry(n: int, task: str = "t", at: float = 0.0) -> Buffered:
@@ -104,8 +104,11 @@ def test_a_snapshot_round_trips_and_restores_before_newer_events() -> None:
     from realtime_sync.core.resume import decode_snapshot, encode_snapshot
 
     old = [Buffered(f"e{i}", "1", f'{{"n":{i}}}'.encode(), 100.0 + i) for i in range(3)]
-    raw = encode_snapshot(old, limit=2)
-    restored = decode_snapshot(raw)
+    raw = encode_snapshot(old, limit=2, generation="g1", saved_at=105.0)
+    snapshot = decode_snapshot(raw)
+    assert snapshot is not None
+    assert (snapshot.generation, snapshot.saved_at) == ("g1", 105.0)
+    restored = snapshot.entries
     assert [e.event_id for e in restored] == ["e1", "e2"]
     assert restored[0].frame == b'{"n":1}'
 
@@ -120,12 +123,30 @@ def test_a_snapshot_round_trips_and_restores_before_newer_events() -> None:
 def test_a_malformed_snapshot_decodes_to_nothing_usable() -> None:
     from realtime_sync.core.resume import decode_snapshot
 
-    assert decode_snapshot(b"") == []
-    assert decode_snapshot(b"not json") == []
-    assert decode_snapshot(b'{"a":1}') == []
-    assert decode_snapshot(
-        b'[["e", "1", "{}", true], ["e", 1, "{}", 1.0], ["ok", "1", "{}", 1]]'
-    ) == [Buffered("ok", "1", b"{}", 1.0)]
+    assert decode_snapshot(b"") is None
+    assert decode_snapshot(b"not json") is None
+    assert decode_snapshot(b'{"a":1}') is None
+    assert decode_snapshot(b'[["ok", "1", "{}", 1]]') is None  # no generation: unusable
+    assert decode_snapshot(b'{"generation":"g","saved_at":true,"entries":[]}') is None
+    snapshot = decode_snapshot(
+        b'{"generation":"g","saved_at":5,"entries":'
+        b'[["e", "1", "{}", true], ["e", 1, "{}", 1.0], ["ok", "1", "{}", 1]]}'
+    )
+    assert snapshot == Snapshot("g", 5.0, [Buffered("ok", "1", b"{}", 1.0)])
+
+
+def test_a_snapshot_is_merged_only_where_it_joins_this_runs_history() -> None:
+    saved = Snapshot("g1", saved_at=1000.0, entries=[])
+    # the run that took over from g1 (its hand-over claimed): whatever its start time
+    assert contiguous(saved, claimed="g1", history_since=2000.0, margin_s=5)
+    # a replica already receiving every event well before g1 saved (a rolling deploy)
+    assert contiguous(saved, claimed=None, history_since=900.0, margin_s=5)
+    # started after g1 saved, and g1's hand-over went to another run (which may have
+    # crashed after delivering events it never saved): not mergeable
+    assert not contiguous(saved, claimed="g2", history_since=1100.0, margin_s=5)
+    assert not contiguous(saved, claimed=None, history_since=1100.0, margin_s=5)
+    # within the clock-skew margin counts as "after"
+    assert not contiguous(saved, claimed=None, history_since=997.0, margin_s=5)
 
 
 def test_restore_skips_expired_entries() -> None:
