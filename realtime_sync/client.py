@@ -58,6 +58,7 @@ FATAL_HANDSHAKE_STATUSES: Final = frozenset({400, 401, 403, 404})
 # REFRESH_LEAD_MAX_S before (clock skew between client and server is covered too).
 REFRESH_LEAD_SHARE: Final = 0.2
 REFRESH_LEAD_MAX_S: Final = 60.0
+REFRESH_RETRY_MIN_S: Final = 1.0
 
 
 def refresh_delay(expires_at: float, now: float) -> float:
@@ -169,6 +170,7 @@ class _Session:
     close_reason: str = ""
     silent: bool = False
     pending_subscriptions: set[int | str] = field(default_factory=set)
+    token: str = ""
     expires_at: float | None = None
     refresher: asyncio.Task[None] | None = None
 
@@ -363,7 +365,7 @@ class SyncClient:
 
     async def _connect_once(self) -> _Session:
         session = _Session()
-        token = await self._token()
+        token = session.token = await self._token()
         if token == self._refused_token:
             raise TokenRefused(4001, "the token provider returned the refused token again")
         try:
@@ -452,18 +454,32 @@ class SyncClient:
             return
         session.expires_at = float(exp)
         delay = refresh_delay(float(exp), time.time())
-        session.refresher = asyncio.get_running_loop().create_task(self._refresh_after(ws, delay))
+        session.refresher = asyncio.get_running_loop().create_task(
+            self._refresh_after(ws, session, delay)
+        )
 
-    async def _refresh_after(self, ws: ClientConnection, delay: float) -> None:
+    async def _refresh_after(self, ws: ClientConnection, session: _Session, delay: float) -> None:
+        """Send the provider's next token. A provider still handing out the current one (it
+        caches tokens until shortly before expiry) is asked again halfway to the expiry,
+        until a second is left; then the token lapses into 4002 and a reconnect."""
         await asyncio.sleep(delay)
-        try:
-            token = await self._token()
-            await self._send(ws, {"type": "refresh", "token": token})
-        except ConnectionClosed:
-            return
-        except Exception as exc:  # noqa: BLE001 - the provider's own failure: the server
-            # closes with 4002 at expiry and the reconnect asks the provider again
-            log.warning("realtime-sync token refresh failed: %s", exc)
+        while True:
+            try:
+                token = await self._token()
+            except Exception as exc:  # noqa: BLE001 - the provider's own failure: the server
+                # closes with 4002 at expiry and the reconnect asks the provider again
+                log.warning("realtime-sync token refresh failed: %s", exc)
+                return
+            if token != session.token:
+                session.token = token
+                with contextlib.suppress(ConnectionClosed):
+                    await self._send(ws, {"type": "refresh", "token": token})
+                return
+            remaining = (session.expires_at or 0.0) - time.time()
+            if remaining < REFRESH_RETRY_MIN_S:
+                log.warning("realtime-sync token provider gave no new token before expiry")
+                return
+            await asyncio.sleep(remaining / 2)
 
     async def _send(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
         self._next_id += 1

@@ -206,7 +206,8 @@ export class RealtimeSyncClient extends EventTarget {
     const session = {
       connected: false,
       pending: new Set(),
-      token,
+      token, // the one this connection opened with (remembered if refused)
+      current: token, // the one in force after refreshes
       lastRx: Date.now(),
       pingedAt: null,
       silent: false,
@@ -319,6 +320,13 @@ export class RealtimeSyncClient extends EventTarget {
     if (typeof this.tokenSource !== "function" || typeof exp !== "number" || !Number.isFinite(exp)) return;
     if (session.expiresAt !== null && exp <= session.expiresAt) return; // let it lapse: 4002, reconnect
     session.expiresAt = exp;
+    this._refreshIn(ws, session, refreshDelayMs(exp, Date.now()));
+  }
+
+  /** Send the token function's next token after `delayMs`. A function still handing out the
+   * current token (it caches tokens until shortly before expiry) is asked again halfway to
+   * the expiry, until a second is left; then the token lapses into 4002 and a reconnect. */
+  _refreshIn(ws, session, delayMs) {
     clearTimeout(this._refreshTimer);
     this._refreshTimer = setTimeout(async () => {
       if (this._ws !== ws) return;
@@ -328,8 +336,15 @@ export class RealtimeSyncClient extends EventTarget {
       } catch {
         return; // the server closes with 4002 at expiry; the reconnect asks again
       }
-      if (this._ws === ws) this._send(ws, { type: "refresh", token });
-    }, refreshDelayMs(exp, Date.now()));
+      if (this._ws !== ws) return;
+      if (token !== session.current) {
+        session.current = token;
+        this._send(ws, { type: "refresh", token });
+        return;
+      }
+      const remainingMs = session.expiresAt * 1000 - Date.now();
+      if (remainingMs >= 1000) this._refreshIn(ws, session, remainingMs / 2);
+    }, delayMs);
   }
 
   _send(ws, frame) {

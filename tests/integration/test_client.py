@@ -281,6 +281,33 @@ async def test_a_provider_token_is_refreshed_on_the_live_connection(
     assert len(issued) >= 3
 
 
+async def test_a_caching_provider_is_asked_again_before_the_token_lapses(
+    stack: ServiceProcess,
+) -> None:
+    """A provider that still returns its cached token when first asked (many auth SDKs
+    renew only shortly before expiry) is asked again halfway to the expiry."""
+    issued: list[str] = []
+    asked = 0
+
+    def provider() -> str:
+        nonlocal asked
+        asked += 1
+        if asked != 2:  # the second call, the first refresh attempt, gets the cached one
+            issued.append(stack.token("py-cached", ttl_s=7))
+        return issued[-1]
+
+    rec = Recorder()
+    client = SyncClient(stack.ws_url, provider, **FAST, **rec.kwargs())
+    async with client:
+        await until(lambda: client.state == ConnectionState.CONNECTED)
+        await asyncio.sleep(8.0)
+        event_id = publish(stack, "py-cached", 1)
+        await until(lambda: event_id in rec.ids)
+    assert asked >= 3 and len(issued) >= 2
+    assert client.connections == 1
+    assert rec.reconnects == []
+
+
 async def test_after_4002_a_fresh_token_is_fetched_and_the_client_resumes(
     stack: ServiceProcess,
 ) -> None:

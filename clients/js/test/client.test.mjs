@@ -260,6 +260,30 @@ test("a provider's token is refreshed on the live connection: no reconnect, no 4
   }
 });
 
+test("a token function that still returns its cached token is asked again before expiry", async () => {
+  const tokens = [];
+  let asked = 0;
+  const provider = () => {
+    asked += 1;
+    if (asked !== 2) tokens.push(mintToken("js-cached", 7)); // the 2nd call returns the cached one
+    return tokens.at(-1);
+  };
+  const client = new RealtimeSyncClient({ url: WS_URL, token: provider, ...fast });
+  const seen = watch(client);
+  client.start();
+  try {
+    await waitFor(() => client.state === "connected", 8000, "connected");
+    await new Promise((r) => setTimeout(r, 8000));
+    const id = await publish("js-cached", 1);
+    await waitFor(() => seen.updates.some((u) => u.event_id === id), 8000, "the update");
+    assert.equal(client.connections, 1);
+    assert.deepEqual(seen.reconnects, []);
+    assert.ok(asked >= 3, `asked ${asked} times`);
+  } finally {
+    client.close();
+  }
+});
+
 test("refreshDelayMs: a fifth of the lifetime early, at most a minute", () => {
   assert.equal(refreshDelayMs(1010, 1_000_000), 8000);
   assert.equal(refreshDelayMs(1000 + 3600, 1_000_000), 3_540_000);
