@@ -113,7 +113,7 @@ SETTINGS: tuple[Setting, ...] = (
         "ack_ahead",
         "ACK_AHEAD",
         int,
-        64,
+        128,
         "events answered SUCCESS before their writes (recipients known); 0 = after",
         0,
         10**6,

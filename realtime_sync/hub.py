@@ -42,6 +42,9 @@ ROUTE_WORKERS = 32
 # Per connection, the encoded frames routed to it during one drain of the inbox.
 Batch = dict[ClientConnection, bytes]
 DRAIN_ROUNDS = 8
+# A drain callback starts no further round after this long: sockets, timers and
+# handshakes get the loop between slices even when events keep coming.
+DRAIN_SLICE_S = 0.05
 
 
 def _held_lock() -> threading.Lock:
@@ -196,17 +199,21 @@ class Hub:
 
         Hand-offs that arrive while a batch is routed are taken in the same callback (the
         wake-up flag stays set meanwhile, so the threads skip the self-pipe write), a few
-        rounds at most so sockets and timers are not starved.
+        rounds and DRAIN_SLICE_S at most so sockets and timers are not starved.
         """
         inbox = self._inbox
         if inbox:
             self._idle.clear()
+        started = time.monotonic()
         for _ in range(DRAIN_ROUNDS):
             self._route_batch()
             self._wake_pending = False
             if not inbox:
                 break
             self._wake_pending = True  # taken by the next round (or the next callback)
+            if time.monotonic() - started > DRAIN_SLICE_S:
+                self.loop.call_soon(self._drain_inbox)
+                break
         else:
             self.loop.call_soon(self._drain_inbox)
         self.metrics.handoff_depth.set(self.queue.qsize())
