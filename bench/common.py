@@ -6,9 +6,11 @@ import contextlib
 import json
 import os
 import queue
+import random
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -111,11 +113,27 @@ def rss_bytes(pid: int) -> int:
 
 
 def free_port() -> int:
-    import socket
+    """A TCP port on 127.0.0.1 that was free a moment ago, below the kernel's ephemeral
+    range: a port the kernel hands out (bind to 0) can be taken by any outgoing
+    connection before the process under test binds it ("Address already in use")."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(10_000, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP port below the ephemeral range")
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return max(11_000, low)
 
 
 def http_status(url: str, timeout: float = 1.0) -> int:

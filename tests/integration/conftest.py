@@ -20,8 +20,9 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from bench.common import free_port
 from realtime_sync.core.auth import mint_token
-from tests.integration.harness import SidecarProcess, free_port, running_sidecar, wait_until
+from tests.integration.harness import SidecarProcess, running_sidecar, wait_until
 
 SECRET = "integration-tests-secret-" + "x" * 24
 STARTUP_S = 20.0

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bench.common import free_port  # one implementation, tests and bench
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 10.0
 # Inherited settings that would silently change the sidecar under test.
@@ -34,13 +35,6 @@ _SCRUBBED_ENV = ("DAPR_API_TOKEN", "APP_API_TOKEN", "DAPR_GRPC_PORT", "DAPR_HTTP
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(

@@ -9,8 +9,8 @@ import sys
 import jwt
 import pytest
 
+from bench.common import free_port
 from tests.integration.conftest import SECRET, ServiceProcess
-from tests.integration.harness import free_port
 
 CLI = [sys.executable, "-m", "realtime_sync"]
 

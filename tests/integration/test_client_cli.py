@@ -17,9 +17,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bench.common import free_port
 from realtime_sync.client import SyncClient, TaskUpdate
 from tests.integration.conftest import ARTIFACTS, ServiceProcess, http_get
-from tests.integration.harness import PROJECT_ROOT, free_port
+from tests.integration.harness import PROJECT_ROOT
 
 
 class Lines:

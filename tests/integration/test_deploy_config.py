@@ -29,10 +29,10 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from bench.common import free_port
 from realtime_sync.config import SETTINGS
 from realtime_sync.service import GRPC_GRACE_S
 from tests.integration.conftest import ServiceProcess
-from tests.integration.harness import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = ROOT / "deploy" / "kubernetes"

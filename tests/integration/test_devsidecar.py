@@ -23,8 +23,9 @@ from dapr.clients.grpc._state import Concurrency, StateOptions
 from dapr.ext.grpc import App, InvokeMethodRequest, SubscriptionMessage, TopicEventResponse
 from dapr.proto.runtime.v1 import dapr_pb2_grpc, state_pb2
 
+from bench.common import free_port
 from realtime_sync.devsidecar import main
-from tests.integration.harness import SidecarProcess, free_port, running_sidecar, wait_until
+from tests.integration.harness import SidecarProcess, running_sidecar, wait_until
 
 FAST_RETRY = ["--retry-initial-s", "0.05", "--retry-max-interval-s", "0.2"]
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

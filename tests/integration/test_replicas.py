@@ -22,8 +22,9 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from bench.common import free_port
 from tests.integration.conftest import ARTIFACTS, ServiceProcess, service_env
-from tests.integration.harness import SidecarProcess, free_port, running_sidecar
+from tests.integration.harness import SidecarProcess, running_sidecar
 
 TOPIC = "task-updates"
 # Each replica hosts two users; a1 shares some tasks with b1 (so one event goes to both
