@@ -75,6 +75,8 @@ class Config:
     concurrency: int
     profile_dir: Path | None
     peer: bool
+    loaded_size: int
+    loaded_rate: float
 
 
 class Bench:
@@ -319,7 +321,14 @@ class Bench:
             try:
                 load.wait_open(n, 2 * n, timeout=60)
                 out["probe"] = self._probe(
-                    svc, load, ws_port=ws_port, app_port=app_port, n=n, probes=probes
+                    svc,
+                    load,
+                    ws_port=ws_port,
+                    app_port=app_port,
+                    n=n,
+                    probes=probes,
+                    shape="personal",
+                    rate=cfg.probe_rate,
                 )
                 print(f"  probe: {out['probe']['latency']}", flush=True)
                 callers = self.callers(
@@ -386,8 +395,43 @@ class Bench:
             result["closed_4008"] = s1.closed_4008
         return result
 
+    def loaded(self) -> dict[str, Any]:
+        """Probe latency under a heavy but sustainable team-board load (open loop: the
+        callers keep to the rate, so queueing shows in the latency, not in the callers)."""
+        cfg = self.cfg
+        n, probes = cfg.loaded_size, 4
+        self.seed(shapes.team_tasks(n) + shapes.probe_tasks(probes))
+        users = [shapes.user(i // shapes.CONNS_PER_USER) for i in range(n)]
+        with self.service("loaded") as (svc, ws_port, app_port):
+            load = self.load(ws_port, users, "loaded", subscribe=SUBSCRIBE_ALL)
+            try:
+                load.wait_open(n, 2 * n, timeout=120)
+                out = self._probe(
+                    svc,
+                    load,
+                    ws_port=ws_port,
+                    app_port=app_port,
+                    n=n,
+                    probes=probes,
+                    shape="team",
+                    rate=cfg.loaded_rate,
+                )
+            finally:
+                load.stop()
+        print(f"  loaded probe: {out['latency']}, {out['bulk_frames_per_s']} frames/s", flush=True)
+        return out
+
     def _probe(
-        self, svc: Proc, load: WsLoad, *, ws_port: int, app_port: int, n: int, probes: int
+        self,
+        svc: Proc,
+        load: WsLoad,
+        *,
+        ws_port: int,
+        app_port: int,
+        n: int,
+        probes: int,
+        shape: str,
+        rate: float,
     ) -> dict[str, Any]:
         cfg = self.cfg
         tokens = write_tokens(
@@ -417,11 +461,11 @@ class Bench:
             callers = self.callers(
                 app_port,
                 "--shape",
-                "personal",
+                shape,
                 "--connections",
                 str(n),
                 "--rate",
-                str(cfg.probe_rate),
+                str(rate),
                 "--probes",
                 str(probes),
                 "--probe-every",
@@ -446,7 +490,7 @@ class Bench:
             probe.stop()
         return {
             "connections": n + 2 * probes,
-            "rate_target": cfg.probe_rate,
+            "rate_target": rate,
             "latency": latency,
             "callers": result,
             "bulk_frames_per_s": round((s1.messages - s0.messages) / (s1.t - s0.t)),
@@ -590,6 +634,21 @@ def summarise(res: dict[str, Any]) -> list[dict[str, Any]]:
                 None,
             )
         )
+    ld = res.get("loaded")
+    if ld:
+        lat = ld["latency"]
+        rows.append(
+            row(
+                f"probe latency ms @{ld['connections']} conns, team board at "
+                f"{ld['rate_target']:.0f} ev/s = {ld['bulk_frames_per_s']} frames/s (p50/p99/max)",
+                f"{lat.get('p50_ms')}/{lat.get('p99_ms')}/{lat.get('max_ms')}",
+                None,
+                None,
+                "(report)",
+                None,
+                ld["client_core_busy"],
+            )
+        )
     st = res.get("storm")
     if st:
         rows.append(
@@ -670,9 +729,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes and short windows")
     p.add_argument("--sizes", default="", help="fan-out sizes, e.g. 1000,5000,10000")
-    p.add_argument("--only", default="fanout,personal,storm", help="phases to run")
+    p.add_argument("--only", default="fanout,personal,loaded,storm", help="phases to run")
     p.add_argument("--window", type=float, default=0.0, help="seconds measured per point")
     p.add_argument("--no-peer", action="store_true", help="skip the Node peer")
+    p.add_argument("--loaded-size", type=int, default=0, help="connections of the loaded probe")
+    p.add_argument(
+        "--loaded-rate", type=float, default=400.0, help="events/s of the loaded probe (team board)"
+    )
     p.add_argument("--profile", type=Path, default=None, help="py-spy raw profiles to DIR")
     p.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "latest.json")
     args = p.parse_args(argv)
@@ -692,6 +755,8 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=16,
         profile_dir=args.profile,
         peer=not args.no_peer,
+        loaded_size=args.loaded_size or (600 if quick else 5000),
+        loaded_rate=args.loaded_rate,
     )
     if cfg.profile_dir is not None:
         cfg.profile_dir.mkdir(parents=True, exist_ok=True)
@@ -720,6 +785,9 @@ def main(argv: list[str] | None = None) -> int:
                 if "personal" in phases:
                     print("probe and ingest (personal):", flush=True)
                     results["personal"] = bench.personal()
+                if "loaded" in phases:
+                    print("probe under load (team board):", flush=True)
+                    results["loaded"] = bench.loaded()
                 if "storm" in phases:
                     print("connect storm:", flush=True)
                     results["storm"] = bench.storm()
