@@ -135,7 +135,6 @@ class Hub:
         self._inflight = 0
         self._inflight_lock = threading.Lock()
         self.loop = asyncio.get_running_loop()
-        self.draining = False
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()

@@ -149,7 +149,6 @@ class Service:
         log.info("draining: refusing new handshakes, answering new events RETRY")
         self.readiness.draining = True
         subscriber.draining = True
-        hub.draining = True
         await asyncio.to_thread(subscriber.stop, GRPC_GRACE_S)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(left(3)):
