@@ -122,7 +122,9 @@ class ClientConnection:
         """
         if self._direct and self._protocol.state is State.OPEN:
             transport = self._transport
-            if transport.get_write_buffer_size() <= WRITE_HIGH_WATER:
+            # The whole batch must fit under the mark: one drain can carry many events,
+            # and past the mark each frame goes through `send` and the outbox bound.
+            if transport.get_write_buffer_size() + len(wire) <= WRITE_HIGH_WATER:
                 try:
                     transport.write(wire)
                 except Exception:  # noqa: BLE001 - a dying socket; its handler cleans up

@@ -7,7 +7,8 @@ ACK_AHEAD hand-offs are in flight. Hand-offs land in an inbox that one
 loop callback drains (call_soon_threadsafe only when no drain is pending, so a burst
 costs one wake-up). An event whose share list is cached is routed right there, with no
 task switch; one that needs the state store goes to the routing workers, and later
-events of the same task follow it there, so per-task order is kept. A capacity
+events of the same task wait behind it (one at a time per task), so per-task order is
+kept and a share-list change applies to every event after it. A capacity
 semaphore, taken in the thread with a short wait, keeps the hand-offs bounded; a
 hand-off the thread gave up on is never routed late (its claim is checked under a lock).
 
@@ -140,7 +141,8 @@ class Hub:
         self._idle.set()
         self._inbox: deque[Handoff] = deque()
         self._wake_pending = False
-        self._slow_keys: dict[str, int] = {}
+        # Tasks with an event at the routing workers -> their later events, in order.
+        self._slow_keys: dict[str, deque[Handoff]] = {}
 
     # -- from gRPC threads -------------------------------------------------------------
 
@@ -229,13 +231,13 @@ class Hub:
             handoff = inbox.popleft()
             event = handoff.event
             key = event.task_key
-            shared = None
-            if event.shared_with is None and key not in self._slow_keys:
-                shared = handoff.shared
-                if shared is None:
-                    shared = self.shares.cached(key)
+            waiting = self._slow_keys.get(key)
+            if waiting is not None:  # an earlier event of this task is with the workers
+                waiting.append(handoff)
+                continue
+            shared = None if event.shared_with is not None else self._known(key, handoff.shared)
             if shared is None:
-                self._slow_keys[key] = self._slow_keys.get(key, 0) + 1
+                self._slow_keys[key] = deque()
                 self.queue.put_nowait(handoff)  # never full: the semaphore holds the bound
                 continue
             try:
@@ -291,9 +293,9 @@ class Hub:
                 handoff.answer(verdict)
             finally:
                 self._busy -= 1
-                left = self._slow_keys.get(key, 1) - 1
-                if left > 0:
-                    self._slow_keys[key] = left
+                waiting = self._slow_keys.get(key)
+                if waiting:
+                    self.queue.put_nowait(waiting.popleft())  # the task's next event
                 else:
                     self._slow_keys.pop(key, None)
                 self._release()
@@ -329,10 +331,17 @@ class Hub:
             await self.shares.put(key, event.shared_with)
             shared: tuple[str, ...] = event.shared_with
         else:
-            cached = known if known is not None else self.shares.cached(key)
+            cached = self._known(key, known)
             shared = cached if cached is not None else await self.shares.get(key)
         # checks the id again: another worker may have routed it during the await
         return self._route_cached(event, published_at, shared)
+
+    def _known(self, key: str, captured: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        """The share list to route with without a state call: the cache as it is now (a
+        change made since the handler thread looked wins), else the thread's copy (an
+        event acknowledged ahead must not need the store after all)."""
+        cached = self.shares.cached(key)
+        return cached if cached is not None else captured
 
     def _route_cached(
         self,
@@ -403,7 +412,10 @@ class Hub:
             except StateUnavailable as exc:
                 log.warning("resume snapshot unreadable", extra={"reason": str(exc)})
                 older = []
-            if older and self.buffers.restore(conn.user_id, older, self.clock()):
+            if older:
+                # Look again even if nothing was added: another connection of the user
+                # may have restored the same snapshot while this one was reading it.
+                self.buffers.restore(conn.user_id, older, self.clock())
                 frames = self.buffers.since(conn.user_id, msg.since, self.clock(), matches)
         self.metrics.resume.labels("recovered" if frames is not None else "not_recovered").inc()
         return frames

@@ -194,13 +194,16 @@ def _is_etag_conflict(cause: BaseException | None) -> bool:
 
 class ShareLists:
     """`shares:{task_id}` lookups: cached for SHARES_CACHE_S, misses batched into one
-    bulk read per loop tick, single-flight per key."""
+    bulk read per loop tick, single-flight per key. A list this replica wrote while a
+    read of it was in flight wins over what the read returns (it may predate the write)."""
 
     def __init__(self, state: DaprState, *, cache_s: float, clock: Callable[[], float]) -> None:
         self._state = state
         self._cache_s = cache_s
         self._clock = clock
-        self._cache: OrderedDict[str, tuple[tuple[str, ...], float]] = OrderedDict()
+        # task -> (users, cached at, number of the write that put it there; 0 for a read)
+        self._cache: OrderedDict[str, tuple[tuple[str, ...], float, int]] = OrderedDict()
+        self._writes = 0
         self._pending: dict[str, asyncio.Future[tuple[str, ...]]] = {}
         self._flush_scheduled = False
 
@@ -210,8 +213,11 @@ class ShareLists:
             return hit[0]
         return None
 
-    def remember(self, task_key: str, users: Sequence[str]) -> None:
-        self._cache[task_key] = (tuple(users), self._clock())
+    def remember(self, task_key: str, users: Sequence[str], *, written: bool = False) -> None:
+        """Cache a list read from the store, or (`written`) one this replica just saved."""
+        if written:
+            self._writes += 1
+        self._cache[task_key] = (tuple(users), self._clock(), self._writes if written else 0)
         self._cache.move_to_end(task_key)
         while len(self._cache) > MAX_CACHED_SHARE_LISTS:
             self._cache.popitem(last=False)
@@ -238,6 +244,7 @@ class ShareLists:
 
     async def _flush(self, batch: dict[str, asyncio.Future[tuple[str, ...]]]) -> None:
         keys = list(batch)
+        writes_before = self._writes
         try:
             if len(keys) == 1:
                 raw, _ = await self._state.get(SHARES_PREFIX + keys[0])
@@ -252,7 +259,11 @@ class ShareLists:
             return
         for key, fut in batch.items():
             users = parse_share_list(found.get(SHARES_PREFIX + key, b""))
-            self.remember(key, users)
+            hit = self._cache.get(key)
+            if hit is not None and hit[2] > writes_before:
+                users = hit[0]  # saved here during the read: newer than what was read
+            else:
+                self.remember(key, users)
             if not fut.done():
                 fut.set_result(users)
 
@@ -262,7 +273,7 @@ class ShareLists:
         if self.cached(task_key) == users:
             return
         await self._state.save(SHARES_PREFIX + task_key, orjson.dumps(list(users)))
-        self.remember(task_key, users)
+        self.remember(task_key, users, written=True)
 
     async def replace_guarded(self, task_key: str, users: Sequence[str]) -> tuple[str, ...]:
         """Replace a share list with an ETag-guarded write, retried on conflicts."""
@@ -276,7 +287,7 @@ class ShareLists:
             except ConflictError:
                 await asyncio.sleep(random.uniform(0.005, 0.03))  # noqa: S311 - jitter
                 continue
-            self.remember(task_key, users)
+            self.remember(task_key, users, written=True)
             return users
         raise ConflictError(task_key)
 
