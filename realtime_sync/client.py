@@ -61,6 +61,14 @@ REFRESH_LEAD_MAX_S: Final = 60.0
 REFRESH_RETRY_MIN_S: Final = 1.0
 
 
+def _notify(callback: Callable[[Any], object], value: Any) -> None:
+    """Call an application callback; its exception is logged, never fatal to the client."""
+    try:
+        callback(value)
+    except Exception:
+        log.exception("realtime-sync callback %s failed", getattr(callback, "__name__", "?"))
+
+
 def refresh_delay(expires_at: float, now: float) -> float:
     """Seconds from `now` until a token expiring at `expires_at` should be refreshed."""
     remaining = expires_at - now
@@ -166,6 +174,7 @@ class _Session:
     """What one connection learnt before it ended."""
 
     connected: bool = False
+    stable: bool = False  # every subscription was confirmed
     close_code: int | None = None
     close_reason: str = ""
     silent: bool = False
@@ -308,9 +317,11 @@ class SyncClient:
                 session = await self._connect_once()
                 if self._closing:
                     break
-                if session.connected:
-                    attempt = 0
                 code = session.close_code
+                if session.stable and code not in THROTTLE_CLOSE_CODES:
+                    # A working session resets the backoff; one closed before it was
+                    # subscribed (or for sending too much) does not, so it cannot spin.
+                    attempt = 0
                 if code in AUTH_CLOSE_CODES:
                     if isinstance(self._token_source, str):
                         raise TokenRefused(code, session.close_reason)
@@ -351,7 +362,7 @@ class SyncClient:
             extra={"attempt": attempt, "delay_s": round(delay, 3), "code": code},
         )
         if self._on_reconnect is not None:
-            self._on_reconnect(Reconnect(attempt, delay, code, reason))
+            _notify(self._on_reconnect, Reconnect(attempt, delay, code, reason))
 
     async def _token(self) -> str:
         source = self._token_source
@@ -365,7 +376,12 @@ class SyncClient:
 
     async def _connect_once(self) -> _Session:
         session = _Session()
-        token = session.token = await self._token()
+        try:
+            token = session.token = await self._token()
+        except Exception as exc:  # noqa: BLE001 - the provider's outage: back off, retry
+            log.warning("realtime-sync token provider failed: %s", exc)
+            session.close_reason = f"token provider failed: {type(exc).__name__}"
+            return session
         if token == self._refused_token:
             raise TokenRefused(4001, "the token provider returned the refused token again")
         try:
@@ -396,8 +412,9 @@ class SyncClient:
 
     async def _session(self, ws: ClientConnection, session: _Session) -> None:
         last_rx = time.monotonic()
+        delivering = False  # blocked on a slow consumer: frames wait, the wire is not silent
         watchdog = asyncio.get_running_loop().create_task(
-            self._watchdog(ws, session, lambda: last_rx)
+            self._watchdog(ws, session, lambda: time.monotonic() if delivering else last_rx)
         )
         try:
             while True:
@@ -413,7 +430,12 @@ class SyncClient:
                 except orjson.JSONDecodeError:
                     continue
                 if isinstance(frame, dict):
-                    await self._on_frame(ws, session, frame)
+                    delivering = True
+                    try:
+                        await self._on_frame(ws, session, frame)
+                    finally:
+                        delivering = False
+                        last_rx = time.monotonic()
         finally:
             for task in (watchdog, session.refresher):
                 if task is not None:
@@ -523,6 +545,7 @@ class SyncClient:
             case "subscribed":
                 session.pending_subscriptions.discard(frame.get("id", ""))
                 if not session.pending_subscriptions:
+                    session.stable = True
                     self._set_state(ConnectionState.CONNECTED)
             case "error":
                 log.warning(
@@ -536,13 +559,16 @@ class SyncClient:
         if self._on_update is None:
             await self._queue.put(item)  # a slow consumer slows reading: the server sees it
             return
-        result = self._on_update(item)
-        if inspect.isawaitable(result):
-            await result
+        try:
+            result = self._on_update(item)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # the application's bug must not stop the client
+            log.exception("realtime-sync on_update callback failed")
 
     def _set_state(self, state: ConnectionState) -> None:
         if state == self.state:
             return
         self.state = state
         if self._on_state is not None:
-            self._on_state(state)
+            _notify(self._on_state, state)

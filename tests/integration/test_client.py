@@ -385,6 +385,93 @@ async def test_the_watchdog_replaces_a_silent_connection(stack: ServiceProcess) 
             await until(lambda: event_id in rec.ids)
 
 
+async def test_a_close_for_sending_too_much_after_connecting_still_backs_off(
+    stack: ServiceProcess,
+) -> None:
+    """45 subscriptions at once overrun the server's burst (40): closed 4029 right after
+    `connected`. That must not count as a working session, or the backoff never grows."""
+    rec = Recorder()
+    client = SyncClient(
+        stack.ws_url, stack.token("py-burst"), subscribe_all=False, task_ids=range(45),
+        backoff_base_s=0.2, backoff_cap_s=5.0, proxy=None, rng=random.Random(3), **rec.kwargs(),
+    )  # fmt: skip
+    async with client:
+        await asyncio.sleep(4.0)
+    assert all(r.close_code == 4029 for r in rec.reconnects)
+    assert 2 <= client.connections <= 6, client.connections  # ~40 when the backoff resets
+    assert ConnectionState.CONNECTED not in rec.states
+
+
+async def test_a_failing_token_provider_is_retried_with_backoff(stack: ServiceProcess) -> None:
+    calls = 0
+
+    def provider() -> str:
+        nonlocal calls
+        calls += 1
+        if calls in (2, 3):  # the auth service is down when the connection drops
+            raise RuntimeError("auth service unavailable")
+        return stack.token("py-flaky-auth")
+
+    rec = Recorder()
+    async with proxied(stack) as proxy:
+        client = SyncClient(proxy.url, provider, **FAST, **rec.kwargs())
+        async with client:
+            await until(lambda: client.state == ConnectionState.CONNECTED)
+            proxy.cut()
+            await until(lambda: client.connections == 2 and client.state == "connected")
+            event_id = publish(stack, "py-flaky-auth", 1)
+            await until(lambda: event_id in rec.ids)
+    reasons = [r.reason for r in rec.reconnects]
+    assert reasons.count("token provider failed: RuntimeError") == 2, reasons
+    assert client.error is None
+
+
+async def test_callbacks_that_raise_do_not_stop_the_client(stack: ServiceProcess) -> None:
+    seen: list[str] = []
+
+    def on_update(item: Item) -> None:
+        assert isinstance(item, TaskUpdate)
+        seen.append(item.event_id)
+        raise ValueError("the application's bug")
+
+    def on_state(state: ConnectionState) -> None:
+        raise ValueError("another one")
+
+    client = SyncClient(
+        stack.ws_url, stack.token("py-raising"), on_update=on_update, on_state=on_state, **FAST
+    )
+    async with client:
+        await until(lambda: client.state == ConnectionState.CONNECTED)
+        first, second = publish(stack, "py-raising", 1), publish(stack, "py-raising", 2)
+        await until(lambda: len(seen) == 2)
+        assert sorted(seen) == sorted([first, second])
+        assert client.state == ConnectionState.CONNECTED and client.connections == 1
+
+
+async def test_a_slow_consumer_is_not_taken_for_a_silent_connection(
+    stack: ServiceProcess,
+) -> None:
+    rec = Recorder()
+
+    async def slow(item: Item) -> None:
+        rec.on_update(item)
+        if len(rec.items) == 1:
+            await asyncio.sleep(1.5)  # five ping timeouts
+
+    client = SyncClient(
+        stack.ws_url, stack.token("py-slow"), **FAST, ping_interval_s=0.3, ping_timeout_s=0.3,
+        on_update=slow, on_reconnect=rec.reconnects.append,
+    )  # fmt: skip
+    async with client:
+        await until(lambda: client.state == ConnectionState.CONNECTED)
+        publish(stack, "py-slow", 1)
+        second = publish(stack, "py-slow", 2)
+        await until(lambda: second in rec.ids, 10)
+        await asyncio.sleep(0.5)  # a dropped connection would be announced by now
+    assert rec.reconnects == []
+    assert client.connections == 1
+
+
 def test_a_refresh_is_planned_a_fifth_of_the_lifetime_early_at_most_a_minute() -> None:
     assert refresh_delay(1000.0 + 10, 1000.0) == pytest.approx(8.0)
     assert refresh_delay(1000.0 + 3600, 1000.0) == pytest.approx(3540.0)
