@@ -13,7 +13,10 @@
 //   attempt; by default it travels in the first frame ({"type":"auth"}), never in the URL;
 //   `authMode: "query"` puts it in `?token=` instead;
 // - 4001/4002 closes mean "get a fresh token": a refused token is never sent again;
-// - reconnects use exponential backoff with full jitter: uniform(0, min(cap, base * 2^attempt));
+// - reconnects use exponential backoff with full jitter: uniform(0, min(cap, base * 2^attempt)),
+//   started over only after a session whose subscriptions were all confirmed (not closed 4029);
+//   a token function that throws is retried with the same backoff; a connection that does not
+//   open within openTimeoutMs is given up and retried;
 // - after a reconnect it subscribes again with `since` = the last event id seen, so the server
 //   replays what was missed; duplicate event ids are dropped;
 // - a watchdog pings a silent connection and replaces it when the ping goes unanswered;
@@ -23,6 +26,7 @@
 
 export const AUTH_CLOSE_CODES = new Set([4001, 4002]);
 export const THROTTLE_CLOSE_CODES = new Set([4029]);
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Milliseconds from `nowMs` until a token expiring at `expSeconds` (Unix time) should be
  * refreshed: a fifth of its remaining life early, at most a minute early. */
@@ -72,6 +76,9 @@ export class RealtimeSyncClient extends EventTarget {
    * @param {number} [options.backoffCapMs=30000]
    * @param {number} [options.pingIntervalMs=20000]  ping after this long without a frame
    * @param {number} [options.pingTimeoutMs=10000]   drop the connection if the ping is unanswered
+   * @param {number} [options.openTimeoutMs=10000]   give up on a connection that does not open in time
+   * @param {number} [options.maxPending=10000]      updates() items kept for a slow consumer; past it
+   *                                                 they are replaced by one resync_required item
    * @param {string} [options.since]                 resume after this event id on the first connect
    * @param {number} [options.dedupeSize=10000]
    * @param {function} [options.WebSocket]           a WebSocket implementation (default: the global one)
@@ -93,6 +100,8 @@ export class RealtimeSyncClient extends EventTarget {
     if (!(this.baseMs > 0 && this.capMs >= this.baseMs)) throw new RangeError("need 0 < backoffBaseMs <= backoffCapMs");
     this.pingIntervalMs = o.pingIntervalMs ?? 20000;
     this.pingTimeoutMs = o.pingTimeoutMs ?? 10000;
+    this.openTimeoutMs = o.openTimeoutMs ?? 10000;
+    this.maxPending = o.maxPending ?? 10000;
     this.WebSocketImpl = o.WebSocket ?? globalThis.WebSocket;
     if (!this.WebSocketImpl) throw new TypeError("no WebSocket implementation: pass options.WebSocket");
     this.random = o.random ?? Math.random;
@@ -109,6 +118,7 @@ export class RealtimeSyncClient extends EventTarget {
     this._timer = null;
     this._watchdog = null;
     this._refreshTimer = null;
+    this._openTimer = null;
     this._refusedToken = null;
     this._nextId = 0;
     this._queue = [];
@@ -140,6 +150,8 @@ export class RealtimeSyncClient extends EventTarget {
    * Items are only queued while an iterator exists, so event-listener users never pile them up.
    */
   updates() {
+    // Counted from now, so updates that arrive before the first next() are kept (bounded
+    // by maxPending, also for an iterator that is never read).
     this._iterators += 1;
     const self = this;
     return (async function* iterate() {
@@ -164,7 +176,10 @@ export class RealtimeSyncClient extends EventTarget {
     if (this._iterators === 0) return;
     const waiter = this._waiters.shift();
     if (waiter) waiter(item);
-    else this._queue.push(item);
+    else if (item !== null && this._queue.length >= this.maxPending) {
+      // The consumer fell behind: what it missed is gone, as after a server-side gap.
+      this._queue = [{ type: "resync_required", reason: "the updates() consumer fell behind" }];
+    } else this._queue.push(item);
   }
 
   _setState(state, detail = {}) {
@@ -187,9 +202,13 @@ export class RealtimeSyncClient extends EventTarget {
     let token;
     try {
       token = await this._token();
-      if (token === this._refusedToken) throw new TokenRefusedError(4001, "the token provider returned the refused token again");
     } catch (err) {
-      this._fail(err);
+      // The provider's outage (the auth service is down too): back off and ask again.
+      if (this._running) this._scheduleReconnect(null, `token provider failed: ${err && err.message}`, false);
+      return;
+    }
+    if (token === this._refusedToken) {
+      this._fail(new TokenRefusedError(4001, "the token provider returned the refused token again"));
       return;
     }
     if (!this._running) return;
@@ -203,6 +222,12 @@ export class RealtimeSyncClient extends EventTarget {
       return;
     }
     this._ws = ws;
+    clearTimeout(this._openTimer);
+    this._openTimer = setTimeout(() => {
+      if (this._ws !== ws) return;
+      this._drop(4000, "open timeout");
+      this._onClosed(session, null, "open timeout");
+    }, this.openTimeoutMs);
     const session = {
       connected: false,
       pending: new Set(),
@@ -211,9 +236,11 @@ export class RealtimeSyncClient extends EventTarget {
       lastRx: Date.now(),
       pingedAt: null,
       silent: false,
+      stable: false, // every subscription confirmed
       expiresAt: null,
     };
     ws.onopen = () => {
+      clearTimeout(this._openTimer);
       if (this._ws !== ws) return;
       session.lastRx = Date.now();
       if (this.authMode === "frame") this._send(ws, { type: "auth", token });
@@ -241,9 +268,12 @@ export class RealtimeSyncClient extends EventTarget {
     this._ws = null;
     clearInterval(this._watchdog);
     clearTimeout(this._refreshTimer);
+    clearTimeout(this._openTimer);
     if (!this._running) return;
     if (session.silent) code = 4000; // our own: the ping went unanswered
-    if (session.connected) this._attempt = 0;
+    // A working session resets the backoff; one closed before it was subscribed (or for
+    // sending too much) does not, so a close right after `connected` cannot spin.
+    if (session.stable && !THROTTLE_CLOSE_CODES.has(code)) this._attempt = 0;
     if (AUTH_CLOSE_CODES.has(code)) {
       this._refusedToken = session.token;
       if (typeof this.tokenSource !== "function") {
@@ -285,6 +315,7 @@ export class RealtimeSyncClient extends EventTarget {
     this._ws = null;
     clearInterval(this._watchdog);
     clearTimeout(this._refreshTimer);
+    clearTimeout(this._openTimer);
     if (ws) {
       try {
         ws.close(code, reason);
@@ -328,6 +359,11 @@ export class RealtimeSyncClient extends EventTarget {
    * the expiry, until a second is left; then the token lapses into 4002 and a reconnect. */
   _refreshIn(ws, session, delayMs) {
     clearTimeout(this._refreshTimer);
+    if (delayMs > MAX_TIMER_MS) {
+      // setTimeout fires at once past ~24.8 days: wait in steps.
+      this._refreshTimer = setTimeout(() => this._refreshIn(ws, session, delayMs - MAX_TIMER_MS), MAX_TIMER_MS);
+      return;
+    }
     this._refreshTimer = setTimeout(async () => {
       if (this._ws !== ws) return;
       let token;
@@ -390,7 +426,10 @@ export class RealtimeSyncClient extends EventTarget {
         break;
       case "subscribed":
         session.pending.delete(frame.id);
-        if (session.pending.size === 0) this._setState("connected");
+        if (session.pending.size === 0) {
+          session.stable = true;
+          this._setState("connected");
+        }
         break;
       case "refreshed":
         this._planRefresh(ws, session, frame.exp);

@@ -284,6 +284,115 @@ test("a token function that still returns its cached token is asked again before
   }
 });
 
+test("a close for sending too much right after connecting still backs off", async () => {
+  // 45 subscriptions at once overrun the server's burst of 40: 4029 after `connected`.
+  let seed = 7;
+  const random = () => ((seed = (seed * 16807) % 2147483647) / 2147483647);
+  const taskIds = Array.from({ length: 45 }, (_, i) => i);
+  const client = new RealtimeSyncClient({
+    url: WS_URL, token: mintToken("js-burst"), taskIds, WebSocket, backoffBaseMs: 200, backoffCapMs: 5000, random,
+  });
+  const seen = watch(client);
+  client.start();
+  try {
+    await new Promise((r) => setTimeout(r, 4000));
+    assert.ok(seen.reconnects.every((r) => r.code === 4029), JSON.stringify(seen.reconnects));
+    assert.ok(client.connections >= 2 && client.connections <= 6, `connections: ${client.connections}`);
+    assert.ok(!seen.states.includes("connected"));
+  } finally {
+    client.close();
+  }
+});
+
+test("a token function that throws is retried with backoff, not given up", async () => {
+  let calls = 0;
+  const token = () => {
+    calls += 1;
+    if (calls === 2 || calls === 3) throw new Error("auth service unavailable");
+    return mintToken("js-flaky-auth");
+  };
+  const proxy = await startProxy();
+  const client = new RealtimeSyncClient({ url: proxy.url, token, ...fast });
+  const seen = watch(client);
+  client.start();
+  try {
+    await waitFor(() => client.state === "connected", 8000, "connected");
+    proxy.cut();
+    await waitFor(() => client.connections === 2 && client.state === "connected", 8000, "reconnected");
+    const id = await publish("js-flaky-auth", 1);
+    await waitFor(() => seen.updates.some((u) => u.event_id === id), 8000, "the update");
+    const failed = seen.reconnects.filter((r) => String(r.reason).startsWith("token provider failed"));
+    assert.equal(failed.length, 2, JSON.stringify(seen.reconnects));
+    assert.equal(seen.errors.length, 0);
+  } finally {
+    client.close();
+    await proxy.close();
+  }
+});
+
+test("a connection that never opens is given up after openTimeoutMs and retried", async () => {
+  const accepted = [];
+  const silent = net.createServer((socket) => accepted.push(socket)); // accepts, never answers
+  await new Promise((r) => silent.listen(0, "127.0.0.1", r));
+  const url = `ws://127.0.0.1:${silent.address().port}/ws`;
+  const client = new RealtimeSyncClient({ url, token: mintToken("js-hang"), ...fast, openTimeoutMs: 300 });
+  const seen = watch(client);
+  client.start();
+  try {
+    await waitFor(() => seen.reconnects.length >= 2, 3000, "two retries");
+    assert.ok(seen.reconnects.every((r) => r.reason === "open timeout"), JSON.stringify(seen.reconnects));
+  } finally {
+    client.close();
+    for (const socket of accepted) socket.destroy();
+    silent.close();
+  }
+});
+
+test("a token that lives longer than setTimeout can wait does not spin the refresh", async () => {
+  let calls = 0;
+  const token = () => {
+    calls += 1;
+    return mintToken("js-long", 60 * 24 * 3600); // 60 days
+  };
+  const client = new RealtimeSyncClient({ url: WS_URL, token, ...fast });
+  const seen = watch(client);
+  client.start();
+  try {
+    await waitFor(() => client.state === "connected", 8000, "connected");
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal(calls, 1, `the token function was called ${calls} times`);
+    assert.deepEqual(seen.reconnects, []);
+  } finally {
+    client.close();
+  }
+});
+
+test("updates() keeps at most maxPending items; past it, one resync_required", async () => {
+  const client = new RealtimeSyncClient({ url: WS_URL, token: mintToken("js-backlog"), ...fast, maxPending: 3 });
+  const seen = watch(client);
+  const updates = client.updates();
+  client.start();
+  try {
+    const first = updates.next(); // the iterator is live from here
+    await waitFor(() => client.state === "connected", 8000, "connected");
+    await publish("js-backlog", 0);
+    assert.equal((await first).value.type, "task_update");
+    for (let i = 1; i <= 5; i++) await publish("js-backlog", i); // nobody reads meanwhile
+    await waitFor(() => seen.updates.length === 6, 8000, "six updates received");
+    assert.equal((await updates.next()).value.type, "resync_required"); // 1..5 did not fit
+    const later = await publish("js-backlog", 6);
+    const after = [];
+    for (;;) {
+      const item = (await updates.next()).value;
+      after.push(item.event_id);
+      if (item.event_id === later) break;
+    }
+    assert.ok(after.length <= 3, `kept ${after.length - 1} of the overflowed updates`);
+  } finally {
+    client.close();
+  }
+});
+
 test("refreshDelayMs: a fifth of the lifetime early, at most a minute", () => {
   assert.equal(refreshDelayMs(1010, 1_000_000), 8000);
   assert.equal(refreshDelayMs(1000 + 3600, 1_000_000), 3_540_000);
