@@ -31,6 +31,7 @@ from realtime_sync.devsidecar.wellknown import Empty
 
 PUBSUB = "pubsub"
 TOPIC = "task-updates"
+METADATA = (("pubsubname", PUBSUB),)
 OUTCOMES = {0: "success", 1: "retry", 2: "drop"}
 
 
@@ -95,6 +96,16 @@ class Callers:
             return 0.0
         return due - now
 
+    def _begin(self, listed: Any) -> float:
+        """As daprd does first: take the route from ListTopicSubscriptions; then fix the
+        measuring window. Returns when the callers start."""
+        for sub in listed.subscriptions:
+            if sub.pubsub_name == PUBSUB and sub.topic == TOPIC:
+                self.path = sub.routes.default or ""
+        start = time.monotonic() + 0.05
+        self.window = (start + self.args.warmup, start + self.args.warmup + self.args.duration)
+        return start
+
     def run_threads(self) -> dict[str, Any]:
         """The same callers as threads on the sync stub (cheaper per call than grpc.aio)."""
         a = self.args
@@ -102,13 +113,7 @@ class Callers:
         lock = threading.Lock()
         with grpc.insecure_channel(f"127.0.0.1:{a.port}", options=options) as channel:
             stub = appcallback_pb2_grpc.AppCallbackStub(channel)
-            listed = stub.ListTopicSubscriptions(Empty(), timeout=10)
-            for sub in listed.subscriptions:
-                if sub.pubsub_name == PUBSUB and sub.topic == TOPIC:
-                    self.path = sub.routes.default or ""
-            metadata = (("pubsubname", PUBSUB),)
-            start = time.monotonic() + 0.05
-            self.window = (start + a.warmup, start + a.warmup + a.duration)
+            start = self._begin(stub.ListTopicSubscriptions(Empty(), timeout=10))
 
             def caller(index: int) -> None:
                 for k in itertools.count():
@@ -119,7 +124,7 @@ class Callers:
                     with lock:
                         req = self.request()
                     try:
-                        reply = stub.OnTopicEvent(req, metadata=metadata, timeout=10)
+                        reply = stub.OnTopicEvent(req, metadata=METADATA, timeout=10)
                         outcome = OUTCOMES.get(reply.status, "error")
                     except grpc.RpcError:
                         outcome = "error"
@@ -145,13 +150,7 @@ class Callers:
         options = [("grpc.max_send_message_length", 4 << 20)]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{a.port}", options=options) as channel:
             stub = appcallback_pb2_grpc.AppCallbackStub(channel)
-            listed = await stub.ListTopicSubscriptions(Empty(), timeout=10)
-            for sub in listed.subscriptions:
-                if sub.pubsub_name == PUBSUB and sub.topic == TOPIC:
-                    self.path = sub.routes.default or ""
-            metadata = (("pubsubname", PUBSUB),)
-            start = time.monotonic() + 0.05
-            self.window = (start + a.warmup, start + a.warmup + a.duration)
+            start = self._begin(await stub.ListTopicSubscriptions(Empty(), timeout=10))
             cpu: list[float] = []
 
             async def mark_window() -> None:
@@ -168,7 +167,7 @@ class Callers:
                     await asyncio.sleep(wait)
                     req = self.request()
                     try:
-                        reply = await stub.OnTopicEvent(req, metadata=metadata, timeout=10)
+                        reply = await stub.OnTopicEvent(req, metadata=METADATA, timeout=10)
                         outcome = OUTCOMES.get(reply.status, "error")
                     except grpc.aio.AioRpcError:
                         outcome = "error"

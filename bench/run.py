@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench import shapes
 from bench.common import (
@@ -77,6 +77,14 @@ class Config:
     peer: bool
     loaded_size: int
     loaded_rate: float
+
+
+class Connected(NamedTuple):
+    svc: Proc
+    load: WsLoad
+    ws_port: int
+    app_port: int
+    n: int
 
 
 class Bench:
@@ -316,38 +324,24 @@ class Bench:
         self.seed(shapes.personal_tasks(n) + shapes.probe_tasks(probes))
         users = [shapes.user(i // shapes.CONNS_PER_USER) for i in range(n)]
         out: dict[str, Any] = {}
-        with self.service("personal") as (svc, ws_port, app_port):
-            load = self.load(ws_port, users, "personal", subscribe=SUBSCRIBE_ALL)
+        with self.connected("personal", users, timeout=60) as run:
+            out["probe"] = self._probe(run, probes=probes, shape="personal", rate=cfg.probe_rate)
+            print(f"  probe: {out['probe']['latency']}", flush=True)
+            callers = self.callers(
+                run.app_port,
+                "--shape",
+                "personal",
+                "--connections",
+                str(n),
+                "--run-id",
+                "ingest",
+                duration=cfg.window,
+            )
             try:
-                load.wait_open(n, 2 * n, timeout=60)
-                out["probe"] = self._probe(
-                    svc,
-                    load,
-                    ws_port=ws_port,
-                    app_port=app_port,
-                    n=n,
-                    probes=probes,
-                    shape="personal",
-                    rate=cfg.probe_rate,
-                )
-                print(f"  probe: {out['probe']['latency']}", flush=True)
-                callers = self.callers(
-                    app_port,
-                    "--shape",
-                    "personal",
-                    "--connections",
-                    str(n),
-                    "--run-id",
-                    "ingest",
-                    duration=cfg.window,
-                )
-                try:
-                    ingest = self._callers_window(callers, svc, load, "ingest-service")
-                finally:
-                    callers.stop()
-                out["ingest_service"] = ingest
+                ingest = self._callers_window(callers, run.svc, run.load, "ingest-service")
             finally:
-                load.stop()
+                callers.stop()
+            out["ingest_service"] = ingest
         port = free_port()
         noop = self.server_proc("noop-app", python("bench.noop_app", "--port", str(port)), port)
         try:
@@ -402,38 +396,25 @@ class Bench:
         n, probes = cfg.loaded_size, 4
         self.seed(shapes.team_tasks(n) + shapes.probe_tasks(probes))
         users = [shapes.user(i // shapes.CONNS_PER_USER) for i in range(n)]
-        with self.service("loaded") as (svc, ws_port, app_port):
-            load = self.load(ws_port, users, "loaded", subscribe=SUBSCRIBE_ALL)
-            try:
-                load.wait_open(n, 2 * n, timeout=120)
-                out = self._probe(
-                    svc,
-                    load,
-                    ws_port=ws_port,
-                    app_port=app_port,
-                    n=n,
-                    probes=probes,
-                    shape="team",
-                    rate=cfg.loaded_rate,
-                )
-            finally:
-                load.stop()
+        with self.connected("loaded", users, timeout=120) as run:
+            out = self._probe(run, probes=probes, shape="team", rate=cfg.loaded_rate)
         print(f"  loaded probe: {out['latency']}, {out['bulk_frames_per_s']} frames/s", flush=True)
         return out
 
-    def _probe(
-        self,
-        svc: Proc,
-        load: WsLoad,
-        *,
-        ws_port: int,
-        app_port: int,
-        n: int,
-        probes: int,
-        shape: str,
-        rate: float,
-    ) -> dict[str, Any]:
+    @contextlib.contextmanager
+    def connected(self, name: str, users: list[str], timeout: float) -> Iterator[Connected]:
+        """The service with one client per entry of `users`, each subscribed to all."""
+        with self.service(name) as (svc, ws_port, app_port):
+            load = self.load(ws_port, users, name, subscribe=SUBSCRIBE_ALL)
+            try:
+                load.wait_open(len(users), 2 * len(users), timeout=timeout)
+                yield Connected(svc, load, ws_port, app_port, len(users))
+            finally:
+                load.stop()
+
+    def _probe(self, run: Connected, *, probes: int, shape: str, rate: float) -> dict[str, Any]:
         cfg = self.cfg
+        svc, load, ws_port, app_port, n = run
         tokens = write_tokens(
             self.tmp / "tokens-probe.txt",
             [shapes.probe_user(k) for k in range(probes) for _ in range(2)],

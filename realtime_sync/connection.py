@@ -122,9 +122,11 @@ class ClientConnection:
         """
         if self._direct and self._protocol.state is State.OPEN:
             transport = self._transport
-            # The whole batch must fit under the mark: one drain can carry many events,
-            # and past the mark each frame goes through `send` and the outbox bound.
-            if transport.get_write_buffer_size() + len(wire) <= WRITE_HIGH_WATER:
+            # One drain can carry many events: the batch goes in one write only while the
+            # socket keeps up and the batch stays within the outbox's byte bound; otherwise
+            # each frame goes through `send` (outbox, bound, 4008).
+            buffered = transport.get_write_buffer_size()
+            if buffered <= WRITE_HIGH_WATER and buffered + len(wire) <= self.outbox.max_bytes:
                 try:
                     transport.write(wire)
                 except Exception:  # noqa: BLE001 - a dying socket; its handler cleans up

@@ -240,24 +240,59 @@ class Hub:
                 self._slow_keys[key] = deque()
                 self.queue.put_nowait(handoff)  # never full: the semaphore holds the bound
                 continue
-            try:
-                if handoff.take():
-                    try:
-                        verdict = self._route_cached(event, handoff.published_at, shared, batch)
-                    except Exception:
-                        log.exception(
-                            "routing crashed; answering RETRY", extra={"event_id": event.event_id}
-                        )
-                        verdict = Verdict.RETRY
-                    answered.append((handoff, verdict))
-            finally:
-                self._release()
+            self._route_now(handoff, shared, batch, answered)
+        self._write(batch, answered)
+
+    def _route_now(
+        self,
+        handoff: Handoff,
+        shared: tuple[str, ...],
+        batch: Batch,
+        answered: list[tuple[Handoff, Verdict]],
+    ) -> None:
+        """Route a hand-off whose share list is known into `batch` (no state call)."""
+        try:
+            if handoff.take():
+                event = handoff.event
+                try:
+                    verdict = self._route_cached(event, handoff.published_at, shared, batch)
+                except Exception:
+                    log.exception(
+                        "routing crashed; answering RETRY", extra={"event_id": event.event_id}
+                    )
+                    verdict = Verdict.RETRY
+                answered.append((handoff, verdict))
+        finally:
+            self._release()
+
+    @staticmethod
+    def _write(batch: Batch, answered: list[tuple[Handoff, Verdict]]) -> None:
+        """One socket write per connection, then the waiting handler threads' verdicts."""
         try:
             for conn, wire in batch.items():
                 conn.send_wire(wire)
         finally:  # a handler thread waiting on a taken hand-off must always be answered
             for handoff, verdict in answered:
                 handoff.answer(verdict)
+
+    def _next_of_task(self, key: str) -> None:
+        """A task's event has left the workers: route the events that waited behind it, in
+        order, while none needs the state store; the first that does goes to the workers
+        (so a task does not stay on the slow path once its share list is cached)."""
+        waiting = self._slow_keys.get(key)
+        batch: Batch = {}
+        answered: list[tuple[Handoff, Verdict]] = []
+        while waiting:
+            handoff = waiting.popleft()
+            event = handoff.event
+            shared = None if event.shared_with is not None else self._known(key, handoff.shared)
+            if shared is None:
+                self.queue.put_nowait(handoff)
+                break
+            self._route_now(handoff, shared, batch, answered)
+        else:
+            self._slow_keys.pop(key, None)
+        self._write(batch, answered)
 
     # -- on the loop -------------------------------------------------------------------
 
@@ -293,12 +328,8 @@ class Hub:
                 handoff.answer(verdict)
             finally:
                 self._busy -= 1
-                waiting = self._slow_keys.get(key)
-                if waiting:
-                    self.queue.put_nowait(waiting.popleft())  # the task's next event
-                else:
-                    self._slow_keys.pop(key, None)
                 self._release()
+                self._next_of_task(key)
                 self.queue.task_done()
                 self.metrics.handoff_depth.set(self.queue.qsize())
                 if self.queue.empty() and self._busy == 0:

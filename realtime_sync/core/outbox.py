@@ -27,6 +27,10 @@ class Outbox:
     def __bool__(self) -> bool:
         return bool(self.frames)
 
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
     def push(self, frame: bytes, *, in_flight_bytes: int = 0) -> bool:
         """Queue a frame; False if this would exceed the bound (counting bytes already
         handed to the transport but not yet sent)."""

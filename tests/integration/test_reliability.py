@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import orjson
@@ -423,20 +424,29 @@ async def test_sigterm_closes_clients_over_a_jittered_window() -> None:
         assert 0.5 < spread <= 2.5, f"closes spread over {spread:.2f} s"
 
 
-async def test_resume_works_across_a_service_restart() -> None:
-    with running_stack(
-        "restart-resume",
+def restartable(name: str) -> AbstractContextManager[ServiceProcess]:
+    return running_stack(
+        name,
         sidecar_args=["--retry-initial-s", "0.2", "--retry-max-interval-s", "1"],
         service_env_extra={"DRAIN_S": "0.2"},
-    ) as stack:
-        async with stack.client("rs-u") as first:
-            for i in range(3):
-                stack.publish(event("rs-u", i, f"rs-{i}"))
-            seen = [f["event_id"] for f in await first.updates(3)]
-            assert sorted(seen) == ["rs-0", "rs-1", "rs-2"]
-            # SIGTERM: drained, resume buffers saved (stop in a thread: the client must
-            # keep answering the close handshake on this loop)
-            assert await asyncio.to_thread(stack.stop) == 0
+    )
+
+
+async def seen_then_drained(stack: ServiceProcess, user: str, prefix: str) -> list[str]:
+    """The user receives three events; then SIGTERM drains the service and saves the resume
+    buffers (stopped in a thread: the client must keep answering the close handshake)."""
+    async with stack.client(user) as first:
+        for i in range(3):
+            stack.publish(event(user, i, f"{prefix}-{i}"))
+        seen = [f["event_id"] for f in await first.updates(3)]
+        assert await asyncio.to_thread(stack.stop) == 0
+    return seen
+
+
+async def test_resume_works_across_a_service_restart() -> None:
+    with restartable("restart-resume") as stack:
+        seen = await seen_then_drained(stack, "rs-u", "rs")
+        assert sorted(seen) == ["rs-0", "rs-1", "rs-2"]
         for i in range(3, 6):
             stack.publish(event("rs-u", i, f"rs-{i}"))  # held by the sidecar meanwhile
         stack.start()
@@ -450,20 +460,12 @@ async def test_resume_works_across_a_service_restart() -> None:
 
 
 async def test_a_snapshot_older_than_a_crashed_run_is_not_merged() -> None:
-    """Run 1 drains: the user's buffer (rs-0..2) is saved with a hand-over. Run 2 takes it
+    """Run 1 drains: the user's buffer (cr-0..2) is saved with a hand-over. Run 2 takes it
     over, delivers cr-3..5 (to another tab of the user), and is killed: nothing saved.
-    Resuming from rs-2 on run 3 must not merge run 1's snapshot, which would claim a
+    Resuming from cr-2 on run 3 must not merge run 1's snapshot, which would claim a
     recovery that skips cr-3..5: the answer is resync_required."""
-    with running_stack(
-        "crash-resume",
-        sidecar_args=["--retry-initial-s", "0.2", "--retry-max-interval-s", "1"],
-        service_env_extra={"DRAIN_S": "0.2"},
-    ) as stack:
-        async with stack.client("cr-u") as first:
-            for i in range(3):
-                stack.publish(event("cr-u", i, f"cr-{i}"))
-            seen = [f["event_id"] for f in await first.updates(3)]
-            assert await asyncio.to_thread(stack.stop) == 0
+    with restartable("crash-resume") as stack:
+        seen = await seen_then_drained(stack, "cr-u", "cr")
         stack.start()
         async with stack.client("cr-u") as other_tab:
             for i in range(3, 6):
