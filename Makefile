@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test check lint typecheck clean bench e2e-deps
+.PHONY: install run test check lint typecheck clean bench e2e-deps monitoring-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,17 +19,27 @@ run: install
 	$(VENV)/bin/realtime-sync dev
 
 ## test: unit and integration tests (real processes, sockets and gRPC), the Node tests of
-## the browser client and the board in headless chromium
-test: install e2e-deps
+## the browser client and its TypeScript declarations, the board in headless chromium, and
+## the Prometheus rules, scrape and Grafana dashboard checks
+test: install e2e-deps monitoring-deps
 	REALTIME_SYNC_REQUIRE_E2E=1 $(PY) -m pytest
 
-## e2e-deps: the browser client's test dependencies and Debian's chromium (for Playwright)
+## e2e-deps: the browser client's test dependencies (ws, TypeScript) and Debian's chromium
+## (for Playwright)
 e2e-deps:
 	cd clients/js && npm ci --no-audit --no-fund --loglevel=error
 	@test -x /usr/bin/chromium || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update && \
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+
+## monitoring-deps: Debian's prometheus package: promtool (rule checks and unit tests) and
+## the server the scrape test starts on a free port (its own system service is not used)
+monitoring-deps:
+	@test -x /usr/bin/promtool -a -x /usr/bin/prometheus || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; }
 
 lint: install
 	$(VENV)/bin/ruff check .
