@@ -27,6 +27,8 @@ def _held_lock() -> threading.Lock:
 
 
 class Claim(enum.Enum):
+    """Who has a hand-off: nobody yet, the loop, or the thread that gave up on it."""
+
     PENDING = "pending"
     TAKEN = "taken"
     ABANDONED = "abandoned"
@@ -102,10 +104,6 @@ class Slots:
         self._taken = 0
         self._none_taken = asyncio.Event()
         self._none_taken.set()
-
-    @property
-    def in_flight(self) -> int:
-        return self._taken
 
     def take(self, wait_s: float) -> int:
         """Thread side: the hand-offs in flight with this one, or 0 if no slot came free."""
