@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections import deque
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from realtime_sync.bridge import Handoff
+from realtime_sync.bridge import DRAIN_ROUNDS, Bridge, Handoff, Slots
 from realtime_sync.core.events import TaskEvent, parse_event
 from realtime_sync.core.outcomes import Verdict
+from realtime_sync.state import ShareLists
 from tests.unit.conftest import MakeDelivery
 
 
@@ -146,3 +150,31 @@ async def test_a_full_bound_answers_retry_until_a_slot_is_freed(
         await d.bridge.wait_idle()
     finally:
         workers.cancel()
+
+
+# --- draining the inbox ------------------------------------------------------------------
+
+
+async def test_a_steady_stream_of_hand_offs_leaves_the_loop_to_other_callbacks() -> None:
+    """Hand-offs that keep arriving while the inbox is routed are taken in the same
+    callback, but for DRAIN_ROUNDS rounds at most: then the loop runs what else is due."""
+    slots = Slots(10)
+    shares = ShareLists(cast(Any, None), cache_s=60.0, clock=time.monotonic)
+    seen: list[str] = []
+    stream = iter(range(1, 3 * DRAIN_ROUNDS))
+
+    def route(inbox: deque[Handoff]) -> None:
+        while inbox:
+            seen.append(inbox.popleft().event.event_id)
+            slots.free(1)
+        arriving = next(stream, None)  # a handler thread offers while the loop routes
+        if arriving is not None:
+            assert bridge.offer(event(arriving), None, 0.0) is not None
+
+    bridge = Bridge(slots=slots, shares=shares, ack_ahead=0, route=route)
+    assert bridge.offer(event(0), None, 0.0) is not None
+    asyncio.get_running_loop().call_soon(seen.append, "other")
+    await bridge.wait_idle()
+    assert len(seen) == 3 * DRAIN_ROUNDS + 1
+    # After DRAIN_ROUNDS rounds (or sooner, once a slice took DRAIN_SLICE_S).
+    assert 1 <= seen.index("other") <= DRAIN_ROUNDS
