@@ -90,20 +90,20 @@ class ClientConnection:
     def closing(self) -> bool:
         return self.close_code is not None
 
-    def send(self, frame: bytes) -> bool:
-        """Queue or write one encoded text frame. False if the connection is (now) closing."""
+    def send_message(self, payload: bytes) -> bool:
+        """Queue or write one JSON text message. False if the connection is (now) closing."""
         if self.close_code is not None or self._protocol.state is not State.OPEN:
             return False
         buffered = self._transport.get_write_buffer_size()
         if self._writer is None and not self.outbox.frames and buffered <= WRITE_HIGH_WATER:
             try:
-                self._protocol.send_text(frame)
+                self._protocol.send_text(payload)
                 self.ws.send_data()
             except Exception:  # noqa: BLE001 - a dying socket; its handler cleans up
                 log.debug("direct write failed", extra={"connection_id": self.connection_id})
                 return False
             return True
-        if not self.outbox.push(frame, in_flight_bytes=buffered):
+        if not self.outbox.push(payload, in_flight_bytes=buffered):
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
             return False
         if self._writer is None:
@@ -111,29 +111,29 @@ class ClientConnection:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
         return True
 
-    def send_wire(self, wire: bytes) -> bool:
-        """Write one or more frames already encoded as unmasked text frames (`wire`, see
+    def send_encoded(self, frames: bytes) -> bool:
+        """Write one or more messages already encoded as unmasked text frames (see
         `encode_text_frame`; the same bytes for every connection) in one socket write when
-        nothing is queued and the socket keeps up; otherwise `send` each frame (outbox,
-        bound, 4008). False if any frame was refused (the connection is closing).
+        nothing is queued and the socket keeps up; otherwise `send_message` each payload
+        (outbox, bound, 4008). False if any was refused (the connection is closing).
 
         Server frames are unmasked, so the bytes are the same for every connection unless
-        an extension (permessage-deflate) rewrites them: then `send` frames them itself.
+        an extension (permessage-deflate) rewrites them: then `send_message` frames them.
         """
         if self._direct and self._protocol.state is State.OPEN:
             transport = self._transport
             # One drain can carry many events: the batch goes in one write only while the
             # socket keeps up and the batch stays within the outbox's byte bound; otherwise
-            # each frame goes through `send` (outbox, bound, 4008).
+            # each payload goes through `send_message` (outbox, bound, 4008).
             buffered = transport.get_write_buffer_size()
-            if buffered <= WRITE_HIGH_WATER and buffered + len(wire) <= self.outbox.max_bytes:
+            if buffered <= WRITE_HIGH_WATER and buffered + len(frames) <= self.outbox.max_bytes:
                 try:
-                    transport.write(wire)
+                    transport.write(frames)
                 except Exception:  # noqa: BLE001 - a dying socket; its handler cleans up
                     log.debug("direct write failed", extra={"connection_id": self.connection_id})
                     return False
                 return True
-        return all(self.send(frame) for frame in split_text_frames(wire))
+        return all(self.send_message(payload) for payload in split_text_frames(frames))
 
     async def _drain(self) -> None:
         try:

@@ -226,7 +226,7 @@ class Gateway:
             extra={"connection_id": conn.connection_id, "user_id": conn.user_id},
         )
         try:
-            conn.send(
+            conn.send_message(
                 connected_frame(conn.connection_id, conn.user_id, s.heartbeat_s, conn.expires_at)
             )
             async for message in ws:
@@ -298,9 +298,9 @@ class Gateway:
         msg = parse_client_message(raw)
         match msg:
             case BadMessage():
-                conn.send(error_frame(msg.code, msg.message, msg.id))
+                conn.send_message(error_frame(msg.code, msg.message, msg.id))
             case Ping():
-                conn.send(pong_frame(msg.id))
+                conn.send_message(pong_frame(msg.id))
             case Subscribe():
                 await self._subscribe(conn, msg)
             case Unsubscribe():
@@ -310,23 +310,27 @@ class Gateway:
                     conn.subscriptions.clear()
                 self.metrics.subscriptions.dec(before - len(conn.subscriptions))
                 self.records.touched(conn)
-                conn.send(unsubscribed_frame(msg))
+                conn.send_message(unsubscribed_frame(msg))
             case Refresh():
                 self._refresh(conn, msg)
             case Auth():
-                conn.send(error_frame("already_authenticated", "already authenticated", msg.id))
+                conn.send_message(
+                    error_frame("already_authenticated", "already authenticated", msg.id)
+                )
 
     async def _subscribe(self, conn: ClientConnection, msg: Subscribe) -> None:
         subs = conn.subscriptions
         key = msg.task_key
         is_new = (not subs.all) if key is None else key not in subs.tasks
         if is_new and len(subs) >= self.settings.max_subscriptions:
-            conn.send(error_frame("too_many_subscriptions", "subscription limit reached", msg.id))
+            conn.send_message(
+                error_frame("too_many_subscriptions", "subscription limit reached", msg.id)
+            )
             return
         if msg.since is None:
             subs.add(key)
             self._subscribed(conn, is_new)
-            conn.send(subscribed_frame(msg))
+            conn.send_message(subscribed_frame(msg))
             return
         frames = await self.hub.resume(conn, msg)
         if conn.closing:
@@ -334,13 +338,13 @@ class Gateway:
         subs.add(key)
         self._subscribed(conn, is_new)
         if frames is None:
-            conn.send(resync_required_frame(msg))
-            conn.send(subscribed_frame(msg, recovered=False))
+            conn.send_message(resync_required_frame(msg))
+            conn.send_message(subscribed_frame(msg, recovered=False))
             return
-        conn.send(subscribed_frame(msg, recovered=True, replayed=len(frames)))
+        conn.send_message(subscribed_frame(msg, recovered=True, replayed=len(frames)))
         sent = 0
         for frame in frames:
-            if not conn.send(frame):
+            if not conn.send_message(frame):
                 break
             sent += 1
         self.metrics.messages_sent.inc(sent)
@@ -355,17 +359,17 @@ class Gateway:
         try:
             identity = self.verifier.verify(msg.token)
         except AuthError as exc:
-            conn.send(error_frame("refresh_refused", str(exc), msg.id))
+            conn.send_message(error_frame("refresh_refused", str(exc), msg.id))
             return
         if identity.user_id != conn.user_id:
             log.warning(
                 "refresh for another user refused", extra={"connection_id": conn.connection_id}
             )
-            conn.send(error_frame("refresh_refused", "token is for another user", msg.id))
+            conn.send_message(error_frame("refresh_refused", "token is for another user", msg.id))
             return
         conn.expires_at = identity.expires_at
         self._schedule_expiry(conn)
-        conn.send(refreshed_frame(msg.id, identity.expires_at))
+        conn.send_message(refreshed_frame(msg.id, identity.expires_at))
 
     # -- shutdown ------------------------------------------------------------------------
 

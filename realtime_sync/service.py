@@ -18,8 +18,10 @@ from typing import Any
 
 import aiohttp
 
+from realtime_sync.bridge import Bridge, Slots
 from realtime_sync.config import Settings, instance_name
 from realtime_sync.core.auth import TokenVerifier
+from realtime_sync.dispatcher import Dispatcher
 from realtime_sync.hub import Hub
 from realtime_sync.metrics import Metrics
 from realtime_sync.presence import ConnectionRecords, lookup_presence
@@ -61,15 +63,17 @@ class Service:
             started_at=time.time(),
         )
         hub = Hub(
-            shares=shares,
             metrics=self.metrics,
-            queue_size=s.handoff_queue,
-            ack_ahead=s.ack_ahead,
             dedupe_window_s=s.dedupe_window_s,
             dedupe_max_ids=s.dedupe_max_ids,
             resume_window_s=s.resume_window_s,
             resume_max_events=s.resume_max_events,
             snapshots=snapshots,
+        )
+        slots = Slots(s.handoff_queue)
+        dispatcher = Dispatcher(hub=hub, shares=shares, metrics=self.metrics, slots=slots)
+        bridge = Bridge(
+            slots=slots, shares=shares, ack_ahead=s.ack_ahead, route=dispatcher.route_round
         )
         records = ConnectionRecords(state, replica=s.replica_id, ttl_s=s.connection_ttl_s)
         verifier = TokenVerifier(
@@ -95,7 +99,8 @@ class Service:
 
         subscriber = Subscriber(
             settings=s,
-            hub=hub,
+            bridge=bridge,
+            shares=shares,
             metrics=self.metrics,
             loop=loop,
             on_subscriptions_listed=listed,
@@ -122,12 +127,13 @@ class Service:
             async with asyncio.TaskGroup() as tg:
                 background += [
                     tg.create_task(hub.run()),
+                    tg.create_task(dispatcher.run()),
                     tg.create_task(self._connect_state(state, records, snapshots)),
                     tg.create_task(records.run()),
                     tg.create_task(self._probe_sidecar()),
                 ]
                 await self.stopping.wait()
-                await self._drain(gateway, subscriber, hub, records)
+                await self._drain(gateway, subscriber, bridge, hub, records)
                 for task in background:
                     task.cancel()
         finally:
@@ -136,7 +142,12 @@ class Service:
         log.info("realtime-sync stopped")
 
     async def _drain(
-        self, gateway: Gateway, subscriber: Subscriber, hub: Hub, records: ConnectionRecords
+        self,
+        gateway: Gateway,
+        subscriber: Subscriber,
+        bridge: Bridge,
+        hub: Hub,
+        records: ConnectionRecords,
     ) -> None:
         """Each step is bounded, and all of them together by DRAIN_BUDGET_S, so the process
         exits well inside Kubernetes' 30 s grace period whatever hangs."""
@@ -152,7 +163,7 @@ class Service:
         await asyncio.to_thread(subscriber.stop, GRPC_GRACE_S)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(left(3)):
-                await hub.wait_idle()
+                await bridge.wait_idle()
         try:
             async with asyncio.timeout(left(3)):
                 saved = await hub.save_snapshots()

@@ -1,7 +1,7 @@
 """The gRPC shell toward daprd: a dapr.ext.grpc App subscribed to the task topic.
 
 Handlers run on the App's worker threads. Each event is parsed here (pure), then handed
-to the event loop (see hub.Handoff) and answered with the verdict. Nothing a handler does
+to the event loop (see bridge.Bridge) and answered with the verdict. Nothing a handler does
 escapes as a gRPC error: daprd would treat UNKNOWN as retry, and UNIMPLEMENTED as acked.
 """
 
@@ -21,12 +21,12 @@ import grpc
 import orjson
 from dapr.ext.grpc import App, InvokeMethodRequest, SubscriptionMessage, TopicEventResponse
 
+from realtime_sync.bridge import Bridge
 from realtime_sync.config import Settings
 from realtime_sync.core.events import InvalidEvent, is_task_id, parse_cloudevent_time, parse_event
 from realtime_sync.core.outcomes import Verdict
-from realtime_sync.hub import Handoff, Hub
 from realtime_sync.metrics import Metrics
-from realtime_sync.state import ConflictError, StateUnavailable
+from realtime_sync.state import ConflictError, ShareLists, StateUnavailable
 
 log = logging.getLogger(__name__)
 LIST_SUBSCRIPTIONS: Final = "/dapr.proto.runtime.v1.AppCallback/ListTopicSubscriptions"
@@ -136,7 +136,8 @@ class Subscriber:
         self,
         *,
         settings: Settings,
-        hub: Hub,
+        bridge: Bridge,
+        shares: ShareLists,
         metrics: Metrics,
         loop: asyncio.AbstractEventLoop,
         on_subscriptions_listed: Callable[[], None],
@@ -144,7 +145,8 @@ class Subscriber:
     ) -> None:
         self._s = settings
         self._presence = presence
-        self._hub = hub
+        self._bridge = bridge
+        self._shares = shares
         self._metrics = metrics
         self._loop = loop
         self.draining = False
@@ -225,22 +227,19 @@ class Subscriber:
                     extra={"event_id": event.event_id, "age_s": round(age, 1)},
                 )
                 return Verdict.SUCCESS, label
-        shared = None if event.shared_with is not None else self._hub.shares.cached(event.task_key)
-        handoff = Handoff(event, publish_time(published, event.timestamp, received), shared)
-        if not self._hub.offer(handoff, self._s.handoff_wait_s):
+        published_at = publish_time(published, event.timestamp, received)
+        handoff = self._bridge.offer(event, published_at, self._s.handoff_wait_s)
+        if handoff is None:
             log.warning("hand-off queue full; answering RETRY", extra={"event_id": event.event_id})
             return Verdict.RETRY, label
-        if handoff.acked:  # routed: recipients known, frames written by the loop next
+        if handoff.acked:  # recipients known: the loop writes the frames next
             self._metrics.events_acked_ahead.inc()
             return Verdict.SUCCESS, label
-        verdict = handoff.wait(self._s.handler_timeout_s)
-        if verdict is not None:
-            return verdict, label
-        if handoff.abandon():
+        verdict = handoff.outcome(self._s.handler_timeout_s)
+        if verdict is None:
             log.warning("routing timed out; answering RETRY", extra={"event_id": event.event_id})
             return Verdict.RETRY, label
-        # The loop took it: wait it out (its state calls have their own deadlines).
-        return handoff.wait(None) or Verdict.RETRY, label
+        return verdict, label
 
     # -- service invocation --------------------------------------------------------------
 
@@ -263,7 +262,7 @@ class Subscriber:
             raise InvalidRequest("user_ids must be a list of user id strings")
         started = time.perf_counter()
         try:
-            stored = self._run_on_loop(self._hub.shares.replace_guarded(str(task_id), users))
+            stored = self._run_on_loop(self._shares.replace_guarded(str(task_id), users))
         except (StateUnavailable, ConflictError) as exc:
             raise Unavailable(f"could not store the share list: {exc}") from None
         log.info(

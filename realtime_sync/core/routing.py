@@ -1,4 +1,4 @@
-"""Who receives an event: the owner and the shared users, on subscribed connections only."""
+"""The open connections of this replica and what each is subscribed to."""
 
 from __future__ import annotations
 
@@ -51,11 +51,6 @@ class Routable(Protocol):
 
 
 C = TypeVar("C", bound=Routable)
-
-
-def recipients(owner: str, shares: Iterable[str]) -> list[str]:
-    """The users who may see a task: its owner and its share list, each once."""
-    return list(dict.fromkeys([owner, *shares]))
 
 
 class Registry(Generic[C]):

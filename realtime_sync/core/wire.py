@@ -1,7 +1,7 @@
 """Server-side WebSocket text frames (RFC 6455 5.2), built once per event.
 
 Server frames are unmasked, so one encoding serves every connection that negotiated no
-extension: the hub frames an event once and writes the same bytes to each socket.
+extension: the fan-out frames an event once and the same bytes go to each socket.
 """
 
 from __future__ import annotations

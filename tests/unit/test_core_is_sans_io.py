@@ -74,6 +74,7 @@ def test_the_core_package_has_its_modules() -> None:
         "protocol",
         "auth",
         "routing",
+        "fanout",
         "dedupe",
         "resume",
         "ratelimit",

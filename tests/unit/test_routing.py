@@ -1,14 +1,11 @@
-"""Who receives an event: the owner and the shared users, on subscribed connections only."""
+"""Subscriptions and the registry: which open connections are subscribed to a task."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from realtime_sync.core.events import TaskId, task_key
-from realtime_sync.core.routing import Registry, Subscriptions, recipients
+from realtime_sync.core.events import task_key
+from realtime_sync.core.routing import Registry, Subscriptions
 
 
 @dataclass
@@ -95,23 +92,6 @@ def test_a_task_subscribed_with_an_int_id_matches_the_string_id() -> None:
     subs.add(task_key(1))
     assert subs.matches(task_key("1"))
     assert subs.matches(task_key(1))
-
-
-# --- recipients --------------------------------------------------------------------------
-
-
-def test_recipients_are_the_owner_then_the_shares_each_once() -> None:
-    assert recipients("alice", ["bob", "carol", "bob", "alice", "dave"]) == [
-        "alice",
-        "bob",
-        "carol",
-        "dave",
-    ]
-
-
-def test_recipients_of_an_unshared_task_is_the_owner() -> None:
-    assert recipients("alice", []) == ["alice"]
-    assert recipients("alice", ()) == ["alice"]
 
 
 # --- Registry ----------------------------------------------------------------------------
@@ -203,62 +183,3 @@ def test_subscription_count_sums_every_connection() -> None:
     reg.add(_conn("a", "alice", None, "1", "2"))
     reg.add(_conn("b", "bob", "1"))
     assert reg.subscription_count() == 4
-
-
-# --- property ----------------------------------------------------------------------------
-
-USERS = [f"u{i}" for i in range(6)]
-TASKS: list[TaskId] = [0, 1, 2, 3, "1", "2", "t4", "x"]
-
-
-@dataclass(frozen=True)
-class ConnSpec:
-    user: str
-    everything: bool
-    tasks: frozenset[TaskId]
-    removed: bool
-
-
-conn_specs = st.builds(
-    ConnSpec,
-    user=st.sampled_from(USERS),
-    everything=st.booleans(),
-    tasks=st.frozensets(st.sampled_from(TASKS), max_size=4),
-    removed=st.booleans(),
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    owner=st.sampled_from(USERS),
-    shares=st.lists(st.sampled_from(USERS), max_size=8),
-    task=st.sampled_from(TASKS),
-    specs=st.lists(conn_specs, max_size=25),
-)
-def test_targets_are_exactly_the_recipients_subscribed_connections(
-    owner: str, shares: list[str], task: TaskId, specs: list[ConnSpec]
-) -> None:
-    reg: Registry[Conn] = Registry()
-    for i, spec in enumerate(specs):
-        conn = Conn(f"c{i}", spec.user)
-        if spec.everything:
-            conn.subscriptions.add(None)
-        for subscribed in spec.tasks:
-            conn.subscriptions.add(task_key(subscribed))
-        reg.add(conn)
-        if spec.removed:
-            assert reg.remove(conn)
-
-    got = _ids(reg.targets(recipients(owner, shares), task_key(task)))
-
-    audience = {owner, *shares}
-    expected = {
-        f"c{i}"
-        for i, spec in enumerate(specs)
-        if not spec.removed
-        and spec.user in audience
-        and (spec.everything or str(task) in {str(t) for t in spec.tasks})
-    }
-    assert len(got) == len(set(got)), "a connection is targeted twice"
-    assert set(got) == expected
-    assert len(reg) == sum(not s.removed for s in specs)

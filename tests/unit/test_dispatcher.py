@@ -1,0 +1,200 @@
+"""Routing order, share-list freshness, dedupe and batched writes in the dispatcher, with
+a fake state store whose calls wait until the test lets them through: a change of a
+task's share list applies to every later event of that task, and a slow read never
+brings back a list older than one written meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import orjson
+
+from realtime_sync.core.events import TaskEvent, parse_event
+from realtime_sync.core.outcomes import Verdict
+from realtime_sync.core.routing import Subscriptions
+from realtime_sync.core.wire import split_text_frames
+from tests.unit.conftest import Delivery, MakeDelivery
+
+
+class GatedStore:
+    """The part of DaprState that ShareLists uses; every call waits for `gate`."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.called = asyncio.Event()
+
+    async def _pass(self) -> None:
+        self.called.set()
+        await self.gate.wait()
+
+    async def get(self, key: str) -> tuple[bytes, str]:
+        value = self.data.get(key, b"")  # read at the start, returned at the end
+        await self._pass()
+        return value, "1"
+
+    async def get_bulk(self, keys: list[str]) -> dict[str, bytes]:
+        values = {k: self.data.get(k, b"") for k in keys}
+        await self._pass()
+        return values
+
+    async def save(self, key: str, value: bytes, *, etag: str | None = None) -> None:
+        await self._pass()
+        self.data[key] = value
+
+
+class Conn:
+    def __init__(self, connection_id: str, user_id: str) -> None:
+        self.connection_id = connection_id
+        self.user_id = user_id
+        self.subscriptions = Subscriptions()
+        self.subscriptions.add(None)
+        self.close_code = None
+        self.got: list[str] = []
+        self.writes = 0
+
+    def send_encoded(self, frames: bytes) -> bool:
+        self.writes += 1
+        self.got += [orjson.loads(p)["event_id"] for p in split_text_frames(frames)]
+        return True
+
+
+def event(n: int, task_id: int = 7, **metadata: Any) -> TaskEvent:
+    body: dict[str, Any] = {"type": "TASK_CHANGED", "user_id": "owner", "task_id": task_id}
+    body |= {"id": f"e{n}", "metadata": metadata}
+    return parse_event(orjson.dumps(body), cloudevent_id=f"ce{n}", received_at=datetime.now(UTC))
+
+
+def connect(d: Delivery, connection_id: str, user_id: str) -> Conn:
+    conn = Conn(connection_id, user_id)
+    d.hub.register(cast(Any, conn))
+    return conn
+
+
+def sample(d: Delivery, name: str) -> float | None:
+    return d.metrics.registry.get_sample_value(name)
+
+
+@asynccontextmanager
+async def workers(d: Delivery) -> AsyncIterator[None]:
+    task = asyncio.create_task(d.dispatcher.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+async def offer_from_a_thread(d: Delivery, *events: TaskEvent) -> list[Any]:
+    def offer() -> list[Any]:
+        handoffs = [d.bridge.offer(e, None, 0.1) for e in events]
+        assert all(h is not None for h in handoffs)
+        return handoffs
+
+    return await asyncio.to_thread(offer)
+
+
+async def test_a_share_list_change_applies_to_the_events_behind_it(
+    make_delivery: MakeDelivery,
+) -> None:
+    """e1 unshares bob (a state write); e2, right behind it, was acknowledged ahead with
+    the list the handler thread saw (bob still on it): bob must not receive e2."""
+    store = GatedStore()
+    store.gate.clear()
+    d = make_delivery(store)
+    d.shares.remember("7", ("bob",))
+    owner, bob = connect(d, "c1", "owner"), connect(d, "c2", "bob")
+    async with workers(d):
+        _, e2 = await offer_from_a_thread(d, event(1, shared_with=[]), event(2))
+        assert e2.acked
+        await store.called.wait()  # e1's write is under way, e2 waits behind it
+        store.gate.set()
+        await d.bridge.wait_idle()
+    assert owner.got == ["e1", "e2"]
+    assert bob.got == []
+    assert d.shares.cached("7") == ()
+
+
+async def test_events_of_a_task_waiting_on_the_store_keep_their_order(
+    make_delivery: MakeDelivery,
+) -> None:
+    store = GatedStore()
+    store.data["shares:7"] = b'["bob"]'
+    store.gate.clear()
+    d = make_delivery(store)
+    bob = connect(d, "c2", "bob")
+    async with workers(d):
+        await offer_from_a_thread(
+            d,
+            event(1),  # reads the store
+            event(2, shared_with=["bob"]),  # writes it
+            event(3),
+            event(4),
+        )
+        await store.called.wait()
+        store.gate.set()
+        await d.bridge.wait_idle()
+    assert bob.got == ["e1", "e2", "e3", "e4"]
+
+
+async def test_a_read_in_flight_does_not_bring_back_an_older_list(
+    make_delivery: MakeDelivery,
+) -> None:
+    store = GatedStore()
+    store.data["shares:7"] = b'["bob"]'
+    d = make_delivery(store)
+    store.gate.clear()
+    reading = asyncio.create_task(d.shares.get("7"))  # sees ["bob"], answers later
+    await store.called.wait()
+    writing = asyncio.create_task(d.shares.put("7", []))  # an event's shared_with
+    store.gate.set()
+    await writing
+    assert await reading == ()
+    assert d.shares.cached("7") == ()
+
+
+async def test_a_redelivered_event_is_sent_once_and_answered_success(
+    make_delivery: MakeDelivery,
+) -> None:
+    """On the direct path (share list cached) and on the worker path (store read)."""
+    store = GatedStore()
+    d = make_delivery(store, ack_ahead=0)
+    d.shares.remember("7", ())
+    owner = connect(d, "c1", "owner")
+    async with workers(d):
+        first = await offer_from_a_thread(d, event(1), event(1))
+        slow = await offer_from_a_thread(d, event(2, task_id=8), event(2, task_id=8))
+        await d.bridge.wait_idle()
+    assert owner.got == ["e1", "e2"]
+    assert [h.wait(0) for h in first + slow] == [Verdict.SUCCESS] * 4
+    assert sample(d, "realtime_sync_events_duplicate_total") == 2
+
+
+async def test_the_events_of_one_drain_reach_a_connection_in_one_write(
+    make_delivery: MakeDelivery,
+) -> None:
+    d = make_delivery()
+    for task in (1, 2, 3):
+        d.shares.remember(str(task), ())
+    owner = connect(d, "c1", "owner")
+    for n in (1, 2, 3):  # on the loop: all three are in the inbox before it drains
+        assert d.bridge.offer(event(n, task_id=n), None, 0.0) is not None
+    await d.bridge.wait_idle()
+    assert owner.got == ["e1", "e2", "e3"]
+    assert owner.writes == 1
+
+
+async def test_a_closing_connection_is_not_written_to(make_delivery: MakeDelivery) -> None:
+    d = make_delivery()
+    d.shares.remember("7", ("bob",))
+    owner, bob = connect(d, "c1", "owner"), connect(d, "c2", "bob")
+    bob.close_code = cast(Any, 4008)
+    await offer_from_a_thread(d, event(1))
+    await d.bridge.wait_idle()
+    assert owner.got == ["e1"]
+    assert bob.got == []
+    assert sample(d, "realtime_sync_messages_sent_total") == 1
