@@ -18,11 +18,14 @@
 //   a token function that throws is retried with the same backoff; a connection that does not
 //   open within openTimeoutMs is given up and retried;
 // - after a reconnect it subscribes again with `since` = the last event id seen, so the server
-//   replays what was missed; duplicate event ids are dropped;
+//   replays what was missed; duplicate event ids are dropped (the last dedupeSize ids seen);
 // - a watchdog pings a silent connection and replaces it when the ping goes unanswered;
 // - with a token function, a live connection outlives its token: before the expiry the server
 //   announced (`exp` in `connected` / `refreshed`), the function is asked for a new token, sent
 //   in a {"type":"refresh"} frame; if that fails the server closes with 4002 (see above).
+// Every such decision is taken by ClientPolicy below (no timer, no socket: the same machine as
+// realtime_sync/core/client_policy.py, both tested against clients/vectors/policy.json);
+// RealtimeSyncClient only carries them out.
 
 /** The close codes the server sends, by name: the same table as the server's CloseCode
  * (realtime_sync/core/outcomes.py); clients/vectors/policy.json checks that both agree. */
