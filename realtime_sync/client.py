@@ -372,6 +372,7 @@ class SyncClient:
     async def _session(self, ws: ClientConnection) -> tuple[int, str]:
         """Read frames until the connection closes; its close code and reason."""
         self._pending_subscriptions = set()
+        self._policy.frame_received(time.monotonic())  # the handshake's answer
         watchdog = asyncio.get_running_loop().create_task(self._watchdog(ws))
         try:
             while True:
@@ -391,7 +392,8 @@ class SyncClient:
                     finally:
                         self._policy.delivery_done(time.monotonic())
         finally:
-            for task in (watchdog, self._refresher):
+            tasks, self._refresher = (watchdog, self._refresher), None
+            for task in tasks:
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -41,7 +41,9 @@ export const CloseCode = Object.freeze({
 export const AUTH_CLOSE_CODES = new Set([CloseCode.UNAUTHORIZED, CloseCode.TOKEN_EXPIRED]);
 /** Close codes that mean "slow down": the backoff keeps growing instead of restarting. */
 export const THROTTLE_CLOSE_CODES = new Set([CloseCode.TOO_MANY]);
+const NORMAL_CLOSURE = 1000; // RFC 6455: the client closes for good
 const ABNORMAL_CLOSURE = 1006; // RFC 6455: the connection ended without a close frame
+const GIVEN_UP = 4000; // private use: the client gives a connection up (open timeout, silence)
 const SILENT_REASON = "ping unanswered";
 const REFRESH_RETRY_MIN_MS = 1000;
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -318,7 +320,7 @@ export class RealtimeSyncClient extends EventTarget {
   close() {
     this._running = false;
     clearTimeout(this._timer);
-    this._drop(1000, "client closed");
+    this._drop(NORMAL_CLOSURE, "client closed");
     this._setState("closed");
     this._push(null);
   }
@@ -405,7 +407,7 @@ export class RealtimeSyncClient extends EventTarget {
     clearTimeout(this._openTimer);
     this._openTimer = setTimeout(() => {
       if (this._ws !== ws) return;
-      this._drop(4000, "open timeout");
+      this._drop(GIVEN_UP, "open timeout");
       this._onClosed(null, "open timeout");
     }, this.openTimeoutMs);
     ws.onopen = () => {
@@ -486,7 +488,7 @@ export class RealtimeSyncClient extends EventTarget {
     const decision = this.policy.watchdog(Date.now());
     if (decision.action === "drop") {
       // Silent: do not wait for a close handshake that may never come.
-      this._drop(4000, SILENT_REASON);
+      this._drop(GIVEN_UP, SILENT_REASON);
       this._onClosed(null, SILENT_REASON);
       return;
     }
