@@ -13,6 +13,10 @@ It keeps one connection open for as long as it runs, and hides the network from 
 * a watchdog pings a silent connection and drops it (then reconnects) when the ping goes
   unanswered.
 
+Every such decision is taken by `realtime_sync.core.client_policy.ClientPolicy` (sans I/O, the
+same machine as the browser client's, both tested against `clients/vectors/policy.json`);
+this module only drives it: sockets, timers, the token provider and the user's callbacks.
+
 Updates arrive as an async iterator, or through a callback::
 
     async with SyncClient(url, token_provider) as client:
@@ -33,9 +37,8 @@ import inspect
 import logging
 import random
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
@@ -43,22 +46,39 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from realtime_sync.core.client_policy import (
+    ABNORMAL_CLOSURE,
+    ClientPolicy,
+    DropSilent,
+    GiveUp,
+    Lapse,
+    Ping,
+    RecentIds,
+    Reconnect,
+    RefreshIn,
+    SendRefresh,
+)
+
+__all__ = [
+    "ClientError",
+    "ConnectionState",
+    "Item",
+    "Reconnect",
+    "ResyncRequired",
+    "SyncClient",
+    "TaskId",
+    "TaskUpdate",
+    "TokenRefused",
+    "TokenSource",
+]
+
 log = logging.getLogger(__name__)
 
 TaskId = int | str
 TokenSource = str | Callable[[], str] | Callable[[], Awaitable[str]]
 
-#: Close codes after which the same token must not be sent again.
-AUTH_CLOSE_CODES: Final = frozenset({4001, 4002})
-#: Close codes that mean "slow down": the backoff keeps growing instead of restarting.
-THROTTLE_CLOSE_CODES: Final = frozenset({4029})
 #: HTTP statuses at the handshake that retrying cannot fix.
 FATAL_HANDSHAKE_STATUSES: Final = frozenset({400, 401, 403, 404})
-# A refresh is sent this share of the token's remaining life before it expires, at most
-# REFRESH_LEAD_MAX_S before (clock skew between client and server is covered too).
-REFRESH_LEAD_SHARE: Final = 0.2
-REFRESH_LEAD_MAX_S: Final = 60.0
-REFRESH_RETRY_MIN_S: Final = 1.0
 
 
 def _notify(callback: Callable[[Any], object], value: Any) -> None:
@@ -69,10 +89,9 @@ def _notify(callback: Callable[[Any], object], value: Any) -> None:
         log.exception("realtime-sync callback %s failed", getattr(callback, "__name__", "?"))
 
 
-def refresh_delay(expires_at: float, now: float) -> float:
-    """Seconds from `now` until a token expiring at `expires_at` should be refreshed."""
-    remaining = expires_at - now
-    return max(0.0, remaining - min(REFRESH_LEAD_MAX_S, REFRESH_LEAD_SHARE * remaining))
+def _close_of(exc: ConnectionClosed) -> tuple[int, str]:
+    """The close code and reason the server sent (none received: the socket died)."""
+    return (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (ABNORMAL_CLOSURE, "")
 
 
 class ConnectionState(enum.StrEnum):
@@ -135,55 +154,6 @@ class ResyncRequired:
 Item = TaskUpdate | ResyncRequired
 
 
-@dataclass(frozen=True, slots=True)
-class Reconnect:
-    """A scheduled reconnection attempt (passed to ``on_reconnect``)."""
-
-    attempt: int
-    delay_s: float
-    close_code: int | None
-    reason: str
-
-
-def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) -> float:
-    """Exponential backoff with full jitter: uniform over [0, min(cap, base * 2**attempt)]."""
-    ceiling = min(cap, base * 2 ** min(attempt, 62))
-    return rng.uniform(0.0, ceiling)
-
-
-class _Dedupe:
-    """The last ``size`` event ids, for dropping duplicates across reconnects."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._ids: OrderedDict[str, None] = OrderedDict()
-
-    def seen(self, event_id: str) -> bool:
-        """True if ``event_id`` was seen before; remembers it otherwise."""
-        if event_id in self._ids:
-            self._ids.move_to_end(event_id)
-            return True
-        self._ids[event_id] = None
-        if len(self._ids) > self._size:
-            self._ids.popitem(last=False)
-        return False
-
-
-@dataclass
-class _Session:
-    """What one connection learnt before it ended."""
-
-    connected: bool = False
-    stable: bool = False  # every subscription was confirmed
-    close_code: int | None = None
-    close_reason: str = ""
-    silent: bool = False
-    pending_subscriptions: set[int | str] = field(default_factory=set)
-    token: str = ""
-    expires_at: float | None = None
-    refresher: asyncio.Task[None] | None = None
-
-
 class SyncClient:
     """A self-healing subscription to a user's task updates.
 
@@ -234,18 +204,22 @@ class SyncClient:
         self._on_update = on_update
         self._on_state = on_state
         self._on_reconnect = on_reconnect
-        self._base = backoff_base_s
-        self._cap = backoff_cap_s
-        self._ping_interval = ping_interval_s
-        self._ping_timeout = ping_timeout_s
         self._open_timeout = open_timeout_s
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._proxy = proxy
-        self._dedupe = _Dedupe(dedupe_size)
+        self._policy = ClientPolicy(
+            backoff_base_s=backoff_base_s,
+            backoff_cap_s=backoff_cap_s,
+            ping_interval_s=ping_interval_s,
+            ping_timeout_s=ping_timeout_s,
+            renewable_token=not isinstance(token, str),
+            random=(rng or random.Random()).random,  # noqa: S311 - jitter, not cryptography
+        )
+        self._dedupe = RecentIds(dedupe_size)
         self._queue: asyncio.Queue[Item | BaseException | None] = asyncio.Queue(max_pending)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._refused_token: str | None = None
+        self._pending_subscriptions: set[int | str] = set()  # of the live connection
+        self._refresher: asyncio.Task[None] | None = None
         self._next_id = 0
         self.state = ConnectionState.CLOSED
         self.last_event_id: str | None = since
@@ -310,33 +284,16 @@ class SyncClient:
     # -- the reconnect loop ----------------------------------------------------------------
 
     async def _run(self) -> None:
-        attempt = 0
         try:
             while not self._closing:
                 self._set_state(ConnectionState.CONNECTING if self.connections == 0 else self.state)
-                session = await self._connect_once()
+                decision = await self._connect_once()
                 if self._closing:
                     break
-                code = session.close_code
-                if session.stable and code not in THROTTLE_CLOSE_CODES:
-                    # A working session resets the backoff; one closed before it was
-                    # subscribed (or for sending too much) does not, so it cannot spin.
-                    attempt = 0
-                if code in AUTH_CLOSE_CODES:
-                    if isinstance(self._token_source, str):
-                        raise TokenRefused(code, session.close_reason)
-                    if attempt == 0:
-                        # A fresh token usually fixes it: try at once, once.
-                        attempt += 1
-                        self._announce(0, 0.0, code, session.close_reason)
-                        continue
-                reason = "ping unanswered" if session.silent else session.close_reason
-                delay = backoff_delay(attempt, base=self._base, cap=self._cap, rng=self._rng)
-                self._announce(attempt + 1, delay, code, reason)
-                attempt += 1
-                if code in THROTTLE_CLOSE_CODES:
-                    attempt += 1
-                await asyncio.sleep(delay)
+                if isinstance(decision, GiveUp):
+                    raise TokenRefused(decision.code, decision.reason)
+                self._announce(decision)
+                await asyncio.sleep(decision.delay_s)
         except asyncio.CancelledError:
             pass
         except ClientError as exc:
@@ -355,14 +312,18 @@ class SyncClient:
             self._queue.get_nowait()
         self._queue.put_nowait(end)
 
-    def _announce(self, attempt: int, delay: float, code: int | None, reason: str) -> None:
+    def _announce(self, reconnect: Reconnect) -> None:
         self._set_state(ConnectionState.RECONNECTING)
         log.info(
             "realtime-sync reconnecting",
-            extra={"attempt": attempt, "delay_s": round(delay, 3), "code": code},
+            extra={
+                "attempt": reconnect.attempt,
+                "delay_s": round(reconnect.delay_s, 3),
+                "code": reconnect.close_code,
+            },
         )
         if self._on_reconnect is not None:
-            _notify(self._on_reconnect, Reconnect(attempt, delay, code, reason))
+            _notify(self._on_reconnect, reconnect)
 
     async def _token(self) -> str:
         source = self._token_source
@@ -374,16 +335,17 @@ class SyncClient:
             raise ClientError("the token provider returned no token")
         return token
 
-    async def _connect_once(self) -> _Session:
-        session = _Session()
+    async def _connect_once(self) -> Reconnect | GiveUp:
+        """One connection, from asking for its token to its end: what the policy decides next."""
         try:
-            token = session.token = await self._token()
+            token = await self._token()
         except Exception as exc:  # noqa: BLE001 - the provider's outage: back off, retry
             log.warning("realtime-sync token provider failed: %s", exc)
-            session.close_reason = f"token provider failed: {type(exc).__name__}"
-            return session
-        if token == self._refused_token:
-            raise TokenRefused(4001, "the token provider returned the refused token again")
+            return self._policy.token_failed(type(exc).__name__)
+        if (refusal := self._policy.opening(token, time.monotonic())) is not None:
+            return refusal
+        code: int | None = None
+        reason = ""
         try:
             async with connect(
                 self.url,
@@ -395,120 +357,98 @@ class SyncClient:
                 compression=None,
                 proxy=self._proxy,
             ) as ws:
-                await self._session(ws, session)
+                code, reason = await self._session(ws)
         except InvalidStatus as exc:
             status = exc.response.status_code
             if status in FATAL_HANDSHAKE_STATUSES:
                 raise ClientError(f"handshake refused with HTTP {status}") from None
-            session.close_reason = f"HTTP {status}"
+            reason = f"HTTP {status}"
         except (OSError, InvalidHandshake, TimeoutError) as exc:
-            session.close_reason = type(exc).__name__
+            reason = type(exc).__name__
         except ConnectionClosed as exc:
-            session.close_code = exc.rcvd.code if exc.rcvd else 1006
-            session.close_reason = exc.rcvd.reason if exc.rcvd else ""
-        if session.close_code in AUTH_CLOSE_CODES:
-            self._refused_token = token
-        return session
+            code, reason = _close_of(exc)
+        return self._policy.closed(code, reason)
 
-    async def _session(self, ws: ClientConnection, session: _Session) -> None:
-        last_rx = time.monotonic()
-        delivering = False  # blocked on a slow consumer: frames wait, the wire is not silent
-        watchdog = asyncio.get_running_loop().create_task(
-            self._watchdog(ws, session, lambda: time.monotonic() if delivering else last_rx)
-        )
+    async def _session(self, ws: ClientConnection) -> tuple[int, str]:
+        """Read frames until the connection closes; its close code and reason."""
+        self._pending_subscriptions = set()
+        self._policy.frame_received(time.monotonic())  # the handshake's answer
+        watchdog = asyncio.get_running_loop().create_task(self._watchdog(ws))
         try:
             while True:
                 try:
                     raw = await ws.recv()
                 except ConnectionClosed as exc:
-                    session.close_code = exc.rcvd.code if exc.rcvd else 1006
-                    session.close_reason = exc.rcvd.reason if exc.rcvd else ""
-                    return
-                last_rx = time.monotonic()
+                    return _close_of(exc)
+                self._policy.frame_received(time.monotonic())
                 try:
                     frame = orjson.loads(raw)
                 except orjson.JSONDecodeError:
                     continue
                 if isinstance(frame, dict):
-                    delivering = True
+                    self._policy.delivery_started()
                     try:
-                        await self._on_frame(ws, session, frame)
+                        await self._on_frame(ws, frame)
                     finally:
-                        delivering = False
-                        last_rx = time.monotonic()
+                        self._policy.delivery_done(time.monotonic())
         finally:
-            for task in (watchdog, session.refresher):
+            tasks, self._refresher = (watchdog, self._refresher), None
+            for task in tasks:
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
 
-    async def _watchdog(
-        self, ws: ClientConnection, session: _Session, last_rx: Callable[[], float]
-    ) -> None:
-        pinged_at: float | None = None
+    async def _watchdog(self, ws: ClientConnection) -> None:
+        """Ask the policy's watchdog now, and again when it says."""
         while True:
-            await asyncio.sleep(min(self._ping_interval, self._ping_timeout) / 4)
-            now = time.monotonic()
-            idle = now - last_rx()
-            if pinged_at is not None and last_rx() >= pinged_at:
-                pinged_at = None
-            if pinged_at is None and idle >= self._ping_interval:
-                pinged_at = now
-                with contextlib.suppress(ConnectionClosed):
-                    await self._send(ws, {"type": "ping"})
-            elif pinged_at is not None and now - pinged_at >= self._ping_timeout:
-                session.silent = True
+            decision = self._policy.watchdog(time.monotonic())
+            if isinstance(decision, DropSilent):
                 log.info("realtime-sync connection silent: dropping it")
                 ws.transport.abort()
                 return
+            if isinstance(decision, Ping):
+                with contextlib.suppress(ConnectionClosed):
+                    await self._send(ws, {"type": "ping"})
+            await asyncio.sleep(max(0.0, decision.check_at - time.monotonic()))
 
-    def _plan_refresh(self, ws: ClientConnection, session: _Session, exp: Any) -> None:
-        """Schedule the next `refresh` for a token expiring at `exp` (from `connected` or
-        `refreshed`). Only a provider can give a newer token, and only a later expiry is
-        worth another round (a provider returning the same token would loop)."""
-        if isinstance(self._token_source, str) or isinstance(exp, bool):
-            return
-        if not isinstance(exp, int | float):
-            return
-        if session.expires_at is not None and exp <= session.expires_at:
-            log.warning("realtime-sync refresh gave no later expiry; the token will lapse")
-            return
-        session.expires_at = float(exp)
-        delay = refresh_delay(float(exp), time.time())
-        session.refresher = asyncio.get_running_loop().create_task(
-            self._refresh_after(ws, session, delay)
-        )
+    def _refresh(self, ws: ClientConnection, decision: RefreshIn | Lapse | None) -> None:
+        """Carry out the policy's plan for the token announced in `connected`/`refreshed`."""
+        if isinstance(decision, Lapse):
+            log.warning("realtime-sync: %s; the token will lapse", decision.reason)
+        elif isinstance(decision, RefreshIn):
+            if self._refresher is not None:
+                self._refresher.cancel()
+            self._refresher = asyncio.get_running_loop().create_task(
+                self._refresh_after(ws, decision.delay_s)
+            )
 
-    async def _refresh_after(self, ws: ClientConnection, session: _Session, delay: float) -> None:
-        """Send the provider's next token. A provider still handing out the current one (it
-        caches tokens until shortly before expiry) is asked again halfway to the expiry,
-        until a second is left; then the token lapses into 4002 and a reconnect."""
-        await asyncio.sleep(delay)
+    async def _refresh_after(self, ws: ClientConnection, delay: float) -> None:
+        """Ask the provider for the next token after `delay`, and as often as the policy says."""
         while True:
+            await asyncio.sleep(delay)
             try:
                 token = await self._token()
             except Exception as exc:  # noqa: BLE001 - the provider's own failure: the server
                 # closes with 4002 at expiry and the reconnect asks the provider again
                 log.warning("realtime-sync token refresh failed: %s", exc)
                 return
-            if token != session.token:
-                session.token = token
+            decision = self._policy.refresh_token(token, time.time())
+            if isinstance(decision, SendRefresh):
                 with contextlib.suppress(ConnectionClosed):
-                    await self._send(ws, {"type": "refresh", "token": token})
+                    await self._send(ws, {"type": "refresh", "token": decision.token})
                 return
-            remaining = (session.expires_at or 0.0) - time.time()
-            if remaining < REFRESH_RETRY_MIN_S:
-                log.warning("realtime-sync token provider gave no new token before expiry")
+            if isinstance(decision, Lapse):
+                log.warning("realtime-sync: %s; the token will lapse", decision.reason)
                 return
-            await asyncio.sleep(remaining / 2)
+            delay = decision.delay_s
 
     async def _send(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
         self._next_id += 1
         frame["id"] = self._next_id
         await ws.send(orjson.dumps(frame).decode())
 
-    async def _subscribe(self, ws: ClientConnection, session: _Session) -> None:
+    async def _subscribe(self, ws: ClientConnection) -> None:
         targets: list[dict[str, Any]] = (
             [{"all": True}] if self._subscribe_all else [{"taskId": t} for t in self._task_ids]
         )
@@ -517,22 +457,18 @@ class SyncClient:
             if self.last_event_id is not None:
                 frame["since"] = self.last_event_id
             await self._send(ws, frame)
-            session.pending_subscriptions.add(frame["id"])
+            self._pending_subscriptions.add(frame["id"])
 
-    async def _on_frame(
-        self, ws: ClientConnection, session: _Session, frame: dict[str, Any]
-    ) -> None:
+    async def _on_frame(self, ws: ClientConnection, frame: dict[str, Any]) -> None:
         match frame.get("type"):
             case "connected":
-                session.connected = True
                 self.connections += 1
                 self.connection_id = str(frame.get("connection_id"))
                 self.user_id = str(frame.get("user_id"))
-                self._refused_token = None
-                self._plan_refresh(ws, session, frame.get("exp"))
-                await self._subscribe(ws, session)
+                self._refresh(ws, self._policy.connected(frame.get("exp"), time.time()))
+                await self._subscribe(ws)
             case "refreshed":
-                self._plan_refresh(ws, session, frame.get("exp"))
+                self._refresh(ws, self._policy.refreshed(frame.get("exp"), time.time()))
             case "task_update" if "event_id" in frame:
                 update = TaskUpdate.from_frame(frame)
                 if self._dedupe.seen(update.event_id):
@@ -543,9 +479,9 @@ class SyncClient:
                 self._set_state(ConnectionState.RESYNCING)
                 await self._deliver(ResyncRequired(frame.get("since")))
             case "subscribed":
-                session.pending_subscriptions.discard(frame.get("id", ""))
-                if not session.pending_subscriptions:
-                    session.stable = True
+                self._pending_subscriptions.discard(frame.get("id", ""))
+                if not self._pending_subscriptions:
+                    self._policy.subscribed()
                     self._set_state(ConnectionState.CONNECTED)
             case "error":
                 log.warning(

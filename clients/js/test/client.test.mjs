@@ -1,20 +1,23 @@
-// The browser client against the real service (started by tests/integration/test_client_js.py).
-// Node 20 has no global WebSocket: the `ws` package is injected through the `WebSocket` option.
+// The browser client against the real service (started by tests/integration/test_client_js.py,
+// which sets the RS_* variables; without them these tests are skipped, and `node --test test/`
+// still runs the policy vectors). Node 20 has no global WebSocket: the `ws` package is injected
+// through the `WebSocket` option.
 import assert from "node:assert/strict";
 import { createHmac, randomUUID } from "node:crypto";
 import net from "node:net";
-import { test } from "node:test";
+import { test as nodeTest } from "node:test";
 import WebSocket from "ws";
 
-import { RealtimeSyncClient, TokenRefusedError, backoffDelay, refreshDelayMs } from "../realtime-sync.js";
+import { RealtimeSyncClient, TokenRefusedError } from "../realtime-sync.js";
 
 const WS_URL = process.env.RS_WS_URL;
 const PUBLISH_URL = process.env.RS_PUBLISH_URL;
 const SECRET = process.env.RS_JWT_SECRET;
 const CONTROL_URL = process.env.RS_CONTROL_URL;
-if (!WS_URL || !PUBLISH_URL || !SECRET || !CONTROL_URL) {
-  throw new Error("run these tests through tests/integration/test_client_js.py (it starts the service)");
-}
+const SKIP = !WS_URL || !PUBLISH_URL || !SECRET || !CONTROL_URL
+  ? "needs the service: run through tests/integration/test_client_js.py (it starts it)"
+  : false;
+const test = (name, fn) => nodeTest(name, { skip: SKIP }, fn);
 
 function mintToken(user, ttlS = 3600) {
   const b64 = (value) => Buffer.from(JSON.stringify(value)).toString("base64url");
@@ -39,6 +42,19 @@ async function waitFor(predicate, timeoutMs = 8000, what = "condition") {
     if (Date.now() > deadline) throw new Error(`${what} not met within ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/** The `exp` claim of a token this test minted. */
+function expiry(token) {
+  return JSON.parse(Buffer.from(token.split(".")[1], "base64url").toString()).exp;
+}
+
+/** Publish a last event and wait for it: the updates before it (any duplicate of an earlier
+ * event included) are then all there are. */
+async function settled(user, seen) {
+  const marker = await publish(user, 999999);
+  await waitFor(() => seen.updates.some((u) => u.event_id === marker), 8000, "the marker event");
+  return seen.updates.map((u) => u.event_id).filter((id) => id !== marker);
 }
 
 /** A WebSocket class that records the URLs it was asked to open. */
@@ -176,8 +192,7 @@ test("after a dropped connection it resumes with since: no gap, no duplicate", a
     await waitFor(() => client.connections === 2 && client.state === "connected", 8000, "reconnected");
     const after = await publish("js-resume", 99);
     await waitFor(() => seen.updates.length >= 8, 8000, "all updates");
-    await new Promise((r) => setTimeout(r, 300));
-    const ids = seen.updates.map((u) => u.event_id);
+    const ids = await settled("js-resume", seen);
     assert.deepEqual(new Set(ids), new Set([...before, ...missed, after]));
     assert.equal(ids.length, 8, "no duplicate");
     assert.deepEqual(ids.slice(0, 2).sort(), before.sort());
@@ -202,9 +217,8 @@ test("a replay overlapping what was delivered is not delivered twice", async () 
     proxy.cut();
     await waitFor(() => client.connections === 2 && client.state === "connected", 8000, "reconnected");
     const live = await publish("js-dedupe", 4);
-    await waitFor(() => seen.updates.length === 4, 8000, "the live update");
-    await new Promise((r) => setTimeout(r, 300));
-    assert.deepEqual(seen.updates.map((u) => u.event_id).sort(), [first, ...rest, live].sort());
+    await waitFor(() => seen.updates.length >= 4, 8000, "the live update");
+    assert.deepEqual((await settled("js-dedupe", seen)).sort(), [first, ...rest, live].sort());
   } finally {
     client.close();
     proxy.close();
@@ -226,10 +240,10 @@ test("reconnects after the service restarts and catches up", async () => {
     await waitFor(() => client.connections >= 2 && client.state === "connected", 15000, "reconnected");
     const after = await publish("js-restart", 4);
     await waitFor(() => seen.updates.length >= 4, 15000, "caught up");
-    await new Promise((r) => setTimeout(r, 300));
-    assert.equal(seen.updates[0].event_id, before);
-    assert.deepEqual(new Set(seen.updates.map((u) => u.event_id)), new Set([before, ...missed, after]));
-    assert.equal(seen.updates.length, 4, "no duplicate");
+    const ids = await settled("js-restart", seen);
+    assert.equal(ids[0], before);
+    assert.deepEqual(new Set(ids), new Set([before, ...missed, after]));
+    assert.equal(ids.length, 4, "no duplicate");
     assert.ok(seen.reconnects.some((r) => r.code === 1001 || r.code === 1006), JSON.stringify(seen.reconnects));
   } finally {
     client.close();
@@ -248,7 +262,8 @@ test("a provider's token is refreshed on the live connection: no reconnect, no 4
   try {
     await waitFor(() => client.state === "connected", 8000, "connected");
     const firstConnection = client.connectionId;
-    await new Promise((r) => setTimeout(r, 5000));
+    await waitFor(() => tokens.length >= 3, 10000, "two refreshes");
+    await waitFor(() => Date.now() / 1000 > expiry(tokens[0]), 5000, "the first token's expiry");
     const id = await publish("js-refresh", 1);
     await waitFor(() => seen.updates.some((u) => u.event_id === id), 8000, "the update");
     assert.equal(client.connectionId, firstConnection);
@@ -273,7 +288,8 @@ test("a token function that still returns its cached token is asked again before
   client.start();
   try {
     await waitFor(() => client.state === "connected", 8000, "connected");
-    await new Promise((r) => setTimeout(r, 8000));
+    await waitFor(() => asked >= 3, 10000, "the token function asked again");
+    await waitFor(() => Date.now() / 1000 > expiry(tokens[0]), 5000, "the first token's expiry");
     const id = await publish("js-cached", 1);
     await waitFor(() => seen.updates.some((u) => u.event_id === id), 8000, "the update");
     assert.equal(client.connections, 1);
@@ -290,14 +306,17 @@ test("a close for sending too much right after connecting still backs off", asyn
   const random = () => ((seed = (seed * 16807) % 2147483647) / 2147483647);
   const taskIds = Array.from({ length: 45 }, (_, i) => i);
   const client = new RealtimeSyncClient({
-    url: WS_URL, token: mintToken("js-burst"), taskIds, WebSocket, backoffBaseMs: 200, backoffCapMs: 5000, random,
+    url: WS_URL, token: mintToken("js-burst"), taskIds, WebSocket, backoffBaseMs: 20, backoffCapMs: 500, random,
   });
   const seen = watch(client);
   client.start();
   try {
-    await new Promise((r) => setTimeout(r, 4000));
-    assert.ok(seen.reconnects.every((r) => r.code === 4029), JSON.stringify(seen.reconnects));
-    assert.ok(client.connections >= 2 && client.connections <= 6, `connections: ${client.connections}`);
+    await waitFor(() => seen.reconnects.length >= 4, 10000, "four reconnects");
+    const first = seen.reconnects.slice(0, 4);
+    assert.ok(first.every((r) => r.code === 4029), JSON.stringify(seen.reconnects));
+    // The backoff grows twice as fast (4029), never restarting at 1.
+    assert.deepEqual(first.map((r) => r.attempt), [1, 3, 5, 7]);
+    assert.ok(client.connections >= 4, `connections: ${client.connections}`);
     assert.ok(!seen.states.includes("connected"));
   } finally {
     client.close();
@@ -348,25 +367,6 @@ test("a connection that never opens is given up after openTimeoutMs and retried"
   }
 });
 
-test("a token that lives longer than setTimeout can wait does not spin the refresh", async () => {
-  let calls = 0;
-  const token = () => {
-    calls += 1;
-    return mintToken("js-long", 60 * 24 * 3600); // 60 days
-  };
-  const client = new RealtimeSyncClient({ url: WS_URL, token, ...fast });
-  const seen = watch(client);
-  client.start();
-  try {
-    await waitFor(() => client.state === "connected", 8000, "connected");
-    await new Promise((r) => setTimeout(r, 1000));
-    assert.equal(calls, 1, `the token function was called ${calls} times`);
-    assert.deepEqual(seen.reconnects, []);
-  } finally {
-    client.close();
-  }
-});
-
 test("updates() keeps at most maxPending items; past it, one resync_required", async () => {
   const client = new RealtimeSyncClient({ url: WS_URL, token: mintToken("js-backlog"), ...fast, maxPending: 3 });
   const seen = watch(client);
@@ -391,12 +391,6 @@ test("updates() keeps at most maxPending items; past it, one resync_required", a
   } finally {
     client.close();
   }
-});
-
-test("refreshDelayMs: a fifth of the lifetime early, at most a minute", () => {
-  assert.equal(refreshDelayMs(1010, 1_000_000), 8000);
-  assert.equal(refreshDelayMs(1000 + 3600, 1_000_000), 3_540_000);
-  assert.equal(refreshDelayMs(995, 1_000_000), 0);
 });
 
 test("after 4002 it asks the provider for a fresh token and resumes", async () => {
@@ -438,7 +432,7 @@ test("a refused static token stops the client instead of being retried", async (
   })();
   client.start();
   await assert.rejects(iteration, TokenRefusedError);
-  await new Promise((r) => setTimeout(r, 500));
+  // The client has stopped (no timer reconnects a stopped client): the count is final.
   assert.equal(urls.length, 1, "one attempt only");
   assert.equal(client.state, "closed");
   assert.equal(seen.errors[0].code, 4001);
@@ -453,9 +447,8 @@ test("the watchdog replaces a silent connection", async () => {
     await waitFor(() => client.state === "connected", 8000, "connected");
     const firstConnection = client.connectionId;
     proxy.freeze(); // the TCP connection stays open, nothing gets through
-    const frozenAt = Date.now();
     await waitFor(() => seen.reconnects.some((r) => r.reason === "ping unanswered"), 5000, "the watchdog");
-    assert.ok(Date.now() - frozenAt < 2500, "detected within interval + timeout (+ a tick)");
+    assert.equal(seen.reconnects[0].code, 1006, "no close frame: the socket was given up");
     await waitFor(() => client.connections === 2 && client.state === "connected", 8000, "reconnected");
     assert.notEqual(client.connectionId, firstConnection);
     const id = await publish("js-silent", 5);
@@ -464,22 +457,4 @@ test("the watchdog replaces a silent connection", async () => {
     client.close();
     proxy.close();
   }
-});
-
-test("backoff: full jitter, capped, spread over [0, cap] across 100 clients", () => {
-  const baseMs = 500;
-  const capMs = 8000;
-  for (let attempt = 0; attempt < 12; attempt++) {
-    const ceiling = Math.min(capMs, baseMs * 2 ** attempt);
-    const delays = Array.from({ length: 100 }, () => backoffDelay(attempt, { baseMs, capMs }));
-    assert.ok(delays.every((d) => d >= 0 && d <= ceiling), `attempt ${attempt} within [0, ${ceiling}]`);
-    // Spread, not lockstep: every tenth of [0, ceiling] is used, none holds a crowd.
-    const bins = new Array(10).fill(0);
-    for (const d of delays) bins[Math.min(9, Math.floor((d / ceiling) * 10))] += 1;
-    assert.ok(bins.filter((n) => n > 0).length >= 8, `attempt ${attempt}: ${bins}`);
-    assert.ok(Math.max(...bins) <= 25, `attempt ${attempt}: ${bins}`);
-    assert.equal(new Set(delays).size, 100);
-  }
-  assert.equal(backoffDelay(30, { baseMs, capMs, random: () => 1 }), capMs, "the cap holds");
-  assert.equal(backoffDelay(0, { baseMs, capMs, random: () => 1 }), baseMs);
 });
