@@ -95,6 +95,16 @@ export type ConnectionState = "connecting" | "connected" | "reconnecting" | "res
  */
 export type CloseCode = 1000 | 1001 | 1006 | 1009 | 4000 | 4001 | 4002 | 4008 | 4029;
 
+/** The close codes the server sends, by name (the server's `CloseCode` table). */
+export declare const CloseCode: {
+  readonly GOING_AWAY: 1001;
+  readonly MESSAGE_TOO_BIG: 1009;
+  readonly UNAUTHORIZED: 4001;
+  readonly TOKEN_EXPIRED: 4002;
+  readonly SLOW_CONSUMER: 4008;
+  readonly TOO_MANY: 4029;
+};
+
 /** The closes that mean "get a fresh token". */
 export declare const AUTH_CLOSE_CODES: ReadonlySet<number>;
 /** The closes that mean "you sent too much": the backoff is not started over. */
@@ -113,6 +123,90 @@ export interface BackoffOptions {
 
 /** Full-jitter exponential backoff: a uniform delay in [0, min(cap, base * 2^attempt)] ms. */
 export declare function backoffDelay(attempt: number, options: BackoffOptions): number;
+
+/** Options of the reconnect policy (the client builds one from its own options). */
+export interface ClientPolicyOptions {
+  backoffBaseMs: number;
+  backoffCapMs: number;
+  pingIntervalMs: number;
+  pingTimeoutMs: number;
+  /** True when the token is a function, which can hand out a newer token. */
+  renewableToken: boolean;
+  /** The jitter source, uniform in [0, 1) (default `Math.random`). */
+  random?: () => number;
+}
+
+/** Reconnect after `delayMs`; `attempt` counts the tries since the last working session. */
+export interface ReconnectDecision {
+  readonly action: "reconnect";
+  readonly attempt: number;
+  readonly delayMs: number;
+  readonly code: number | null;
+  readonly reason: string;
+}
+/** Stop for good (a refused token that cannot be renewed). */
+export interface GiveUpDecision {
+  readonly action: "give_up";
+  readonly code: number;
+  readonly reason: string;
+}
+/** Ask the token function again after `delayMs`. */
+export interface RefreshInDecision {
+  readonly action: "refresh_in";
+  readonly delayMs: number;
+}
+/** Send this token in a `refresh` frame. */
+export interface SendRefreshDecision {
+  readonly action: "send_refresh";
+  readonly token: string;
+}
+/** No newer token can be had: let the server close with 4002 at expiry. */
+export interface LapseDecision {
+  readonly action: "lapse";
+  readonly reason: string;
+}
+/** Watchdog: ping now / look again at `checkAt` (ms) / drop the silent connection. */
+export interface PingDecision {
+  readonly action: "ping";
+  readonly checkAt: number;
+}
+export interface WaitDecision {
+  readonly action: "wait";
+  readonly checkAt: number;
+}
+export interface DropDecision {
+  readonly action: "drop";
+}
+export type RefreshDecision = RefreshInDecision | LapseDecision;
+
+/**
+ * The reconnect, backoff, refresh and watchdog decisions, with no timer or socket: the same
+ * machine as the Python client's, both tested against one file of vectors. `exp` is the
+ * server's Unix time in seconds; every other time is in milliseconds.
+ */
+export declare class ClientPolicy {
+  constructor(options: ClientPolicyOptions);
+  opening(token: string, nowMs: number): GiveUpDecision | null;
+  tokenFailed(error: unknown): ReconnectDecision;
+  connected(exp: number | null | undefined, nowMs: number): RefreshDecision | null;
+  /** Every subscription was confirmed: a working session (the backoff starts over after it). */
+  subscribed(): void;
+  closed(code: number, reason: string): ReconnectDecision | GiveUpDecision;
+  frameReceived(nowMs: number): void;
+  deliveryStarted(): void;
+  deliveryDone(nowMs: number): void;
+  watchdog(nowMs: number): PingDecision | WaitDecision | DropDecision;
+  refreshed(exp: number | null | undefined, nowMs: number): RefreshDecision | null;
+  refreshToken(token: string, nowMs: number): SendRefreshDecision | RefreshDecision;
+}
+
+/** The last `size` event ids seen; the least recently seen is evicted. */
+export declare class RecentIds {
+  constructor(size: number);
+  readonly size: number;
+  /** True if seen before; remembers it (as the most recent) either way. */
+  seen(id: string): boolean;
+}
 
 /** The server refused the token (4001/4002) and no new one can be had: the client stops. */
 export declare class TokenRefusedError extends Error {
@@ -212,6 +306,8 @@ export declare class RealtimeSyncClient extends EventTarget {
   readonly connections: number;
   /** Why the client stopped for good, if it did. */
   readonly error: TokenRefusedError | null;
+  /** The decisions this client carries out. */
+  readonly policy: ClientPolicy;
   /** The last event id seen: the `since` of the next subscribe. */
   lastEventId: string | null;
 

@@ -65,4 +65,6 @@ test("the TypeScript example compiles and runs against the service", async (t) =
   assert.equal(result.retryInMs, 400); // 0.5 × min(1000, 100 × 2³)
   assert.ok(result.refreshInMs > 0 && result.refreshInMs <= 3600_000, String(result.refreshInMs));
   assert.deepEqual(result.closeCodes, { auth: [4001, 4002], throttle: [4029] });
+  assert.equal(result.afterThrottle, 100); // 1 × min(1000, 100 × 2⁰) on the first close
+  assert.equal(result.duplicateDropped, true);
 });

@@ -4,7 +4,8 @@
 import {
   AUTH_CLOSE_CODES,
   type BackoffOptions,
-  type CloseCode,
+  ClientPolicy,
+  CloseCode,
   type Connected,
   type ConnectionState,
   type ConsumerFellBehind,
@@ -13,6 +14,7 @@ import {
   type RealtimeSyncEventMap,
   type RealtimeSyncEventName,
   type ReconnectDetail,
+  RecentIds,
   type ResyncRequired,
   type ServerError,
   type ServerErrorCode,
@@ -48,6 +50,28 @@ export interface ExampleResult {
   retryInMs: number;
   refreshInMs: number;
   closeCodes: { auth: CloseCode[]; throttle: CloseCode[] };
+  /** What a policy of the same options decides after a throttling close. */
+  afterThrottle: number;
+  duplicateDropped: boolean;
+}
+
+/** A policy on its own, as a test of a custom transport would drive it. */
+function throttledDelay(): number {
+  const policy = new ClientPolicy({
+    backoffBaseMs: 100,
+    backoffCapMs: 1_000,
+    pingIntervalMs: 20_000,
+    pingTimeoutMs: 10_000,
+    renewableToken: true,
+    random: () => 1,
+  });
+  const decision = policy.closed(CloseCode.TOO_MANY, "too many messages");
+  return decision.action === "reconnect" ? decision.delayMs : -1;
+}
+
+function dropsRepeats(eventId: string): boolean {
+  const recent = new RecentIds(2);
+  return !recent.seen(eventId) && recent.seen(eventId);
 }
 
 /** What a screen would do with each item of `updates()`. */
@@ -143,6 +167,8 @@ export async function run(config: ExampleConfig): Promise<ExampleResult> {
         auth: [...AUTH_CLOSE_CODES].filter(isCloseCode),
         throttle: [...THROTTLE_CLOSE_CODES].filter(isCloseCode),
       },
+      afterThrottle: throttledDelay(),
+      duplicateDropped: client.policy instanceof ClientPolicy && dropsRepeats(update.event_id),
     };
   } finally {
     client.removeEventListener(errorEvent, onError);
