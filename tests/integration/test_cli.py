@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -10,7 +11,8 @@ import jwt
 import pytest
 
 from bench.common import free_port
-from tests.integration.conftest import SECRET, ServiceProcess
+from tests.integration.conftest import ARTIFACTS, SECRET, ServiceProcess
+from tests.integration.devrun import running_dev
 
 CLI = [sys.executable, "-m", "realtime_sync"]
 
@@ -116,3 +118,26 @@ def test_publish_refuses_data_that_is_not_json() -> None:
     result = run("publish", "--user", "u", "--task", "1", "--data", "{nope")
     assert result.returncode == 2
     assert "--data" in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_stop_signal_to_dev_alone_stops_all_it_started(sig: signal.Signals) -> None:
+    """`dev` gets the signal, not its process group (as from `kill`, systemd, a
+    supervisor): the sidecar, the service and the demo must go too, freeing the ports."""
+    with running_dev(CLI, ARTIFACTS / f"dev-{sig.name}.log") as dev:
+        dev.wait_for_banner()
+        assert len(dev.children) == 3  # sidecar, service, demo publisher
+        dev.proc.send_signal(sig)
+        dev.proc.wait(timeout=30)
+        dev.wait_all_stopped(timeout_s=10)
+        assert dev.proc.returncode == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux-only")
+def test_killing_dev_outright_stops_all_it_started() -> None:
+    with running_dev(CLI, ARTIFACTS / "dev-SIGKILL.log", "--no-demo") as dev:
+        dev.wait_for_banner()
+        assert len(dev.children) == 2  # sidecar, service
+        dev.proc.kill()
+        dev.proc.wait(timeout=10)
+        dev.wait_all_stopped(timeout_s=30)
