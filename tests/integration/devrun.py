@@ -84,8 +84,10 @@ class DevRun:
     def wait_all_stopped(self, timeout_s: float) -> None:
         """Every process dev started has exited and no port of the run is listening."""
         wait_until(
-            lambda: not any(alive(pid) for pid in self.children)
-            and not any(listening(port) for port in self.ports.values()),
+            lambda: (
+                not any(alive(pid) for pid in self.children)
+                and not any(listening(port) for port in self.ports.values())
+            ),
             timeout_s,
             0.1,
             message=lambda: (
@@ -103,7 +105,7 @@ def running_dev(
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("DAPR_", "JWT_", "APP_", "WS_", "BOARD", "VIRTUAL_ENV"))
+        if not k.startswith(("DAPR_", "JWT_", "APP_", "WS_", "BOARD", "VIRTUAL_ENV", "PYTHONPATH"))
     }
     env |= {name: str(port) for name, port in ports.items()}
     env |= {"PYTHONUNBUFFERED": "1", "LOG_LEVEL": "warning", "DRAIN_S": "0.3"}
