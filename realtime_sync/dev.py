@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -185,8 +186,18 @@ def run_dev(*, demo: bool, demo_rate: float) -> int:
         return 2
 
 
+def _command() -> str:
+    """How to run this installation's `realtime-sync` from the current folder."""
+    script = Path(sys.executable).parent / "realtime-sync"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
 def _banner(env: Mapping[str, str], token: str, *, demo: bool) -> str:
     ws_port = env["WS_PORT"]
+    command = _command()
     url = f"ws://localhost:{ws_port}/ws"
     feeding = "the demo publisher is feeding it" if demo else "publish events to fill it"
     return f"""
@@ -200,12 +211,12 @@ realtime-sync dev is running (dev sidecar: gRPC {env["DAPR_GRPC_PORT"]}, HTTP \
   Token (24 h)  : {token}
 
 Watch {DEV_USER}'s updates (in another terminal, from this folder):
-  .venv/bin/realtime-sync watch --url {url} --token {token}
+  {command} watch --url {url} --token {token}
 
 Publish a task change (another terminal):
-  .venv/bin/realtime-sync publish --type TASK_CHANGED --user {DEV_USER} --task 42 \
+  {command} publish --type TASK_CHANGED --user {DEV_USER} --task 42 \
 --data '{{"title":"Write the README","status":"doing"}}'
 
-Mint tokens for other users with:  JWT_SECRET=<the dev secret> realtime-sync token bob
+Mint tokens for other users with:  JWT_SECRET=<the dev secret> {command} token bob
 Press Ctrl-C to stop.
 """
