@@ -66,9 +66,8 @@ def _child_setup(parent: int) -> Callable[[], None]:
 
 class DevProcesses:
     """The children of one `dev` run. Inside the block a stop signal raises `Stopped`;
-    leaving it sends SIGTERM to every child still running (the last started first),
-    waits up to STOP_GRACE_S for each, then kills. A second signal while they stop
-    kills them at once."""
+    leaving it stops each child in turn, the last started first: SIGTERM, up to
+    STOP_GRACE_S to exit, then SIGKILL. A second signal while they stop kills them all."""
 
     def __init__(self, env: Mapping[str, str], *, grace_s: float = STOP_GRACE_S) -> None:
         self.env = dict(env)
@@ -90,10 +89,11 @@ class DevProcesses:
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._kill_all)
         try:
+            # One at a time, the last started first: the service drains (saving resume
+            # snapshots, deleting its records) while the sidecar is still there.
             for proc in reversed(self._children):
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
-            for proc in reversed(self._children):
                 try:
                     proc.wait(timeout=self._grace_s)
                 except subprocess.TimeoutExpired:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 
 from bench.common import free_port
 from tests.integration.conftest import ARTIFACTS, SECRET, ServiceProcess
-from tests.integration.devrun import running_dev
+from tests.integration.devrun import PORT_VARIABLES, running_dev
 
 CLI = [sys.executable, "-m", "realtime_sync"]
 
@@ -141,3 +142,14 @@ def test_killing_dev_outright_stops_all_it_started() -> None:
         dev.proc.kill()
         dev.proc.wait(timeout=10)
         dev.wait_all_stopped(timeout_s=30)
+
+
+def test_dev_stops_with_a_message_when_its_sidecar_cannot_start() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = {name: str(free_port()) for name in PORT_VARIABLES}
+        ports["DAPR_HTTP_PORT"] = str(taken.getsockname()[1])
+        result = run("dev", "--no-demo", env=ports)
+    assert result.returncode == 2
+    assert "the dev sidecar exited with 1" in result.stderr
