@@ -40,7 +40,7 @@ def _bool(value: str) -> bool:
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting as the CLI and the docs see it, derived from its `Settings` field:
+    """One setting as the CLI sees it, derived from its `Settings` field:
     the variable is the field's name in capitals, the flag `--field-name`."""
 
     name: str
