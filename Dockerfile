@@ -15,9 +15,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-# Only what the package build needs (.dockerignore keeps everything else out).
+# Only what the package build needs (.dockerignore keeps everything else out): the
+# package, and the browser client module the wheel carries for the board.
 COPY pyproject.toml README.md ./
 COPY realtime_sync ./realtime_sync
+COPY clients/js/realtime-sync.js ./clients/js/realtime-sync.js
 # Every dependency ships manylinux wheels (grpcio, protobuf, orjson, cryptography), so no
 # compiler is installed here either. A non-editable install: /src is not needed later.
 # The packaging tools are then removed from the venv: the final image cannot install.

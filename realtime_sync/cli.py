@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -20,8 +17,6 @@ import orjson
 from realtime_sync import __version__
 from realtime_sync.config import SettingsError, add_setting_flags, load_settings, settings_overrides
 
-DEV_USER = "alice"
-
 
 def _fail(message: str) -> int:
     print(f"realtime-sync: {message}", file=sys.stderr)
@@ -31,13 +26,17 @@ def _fail(message: str) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from realtime_sync.logs import configure_logging  # noqa: PLC0415
     from realtime_sync.service import run_service  # noqa: PLC0415
+    from realtime_sync.static import BoardUnavailable  # noqa: PLC0415
 
     try:
         settings = load_settings(overrides=settings_overrides(args))
     except SettingsError as exc:
         return _fail(str(exc))
     configure_logging(settings.log_level, settings.log_format)
-    return run_service(settings)
+    try:
+        return run_service(settings)
+    except BoardUnavailable as exc:
+        return _fail(str(exc))
 
 
 def _cmd_sidecar(args: argparse.Namespace) -> int:
@@ -46,85 +45,10 @@ def _cmd_sidecar(args: argparse.Namespace) -> int:
     return sidecar_main(list(args.sidecar_args))
 
 
-def _wait_http(url: str, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - local URL
-                if 200 <= resp.status < 300:
-                    return True
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.1)
-    return False
-
-
 def _cmd_dev(args: argparse.Namespace) -> int:
-    from realtime_sync.core.auth import mint_token  # noqa: PLC0415
+    from realtime_sync.dev import run_dev  # noqa: PLC0415
 
-    env = dict(os.environ)
-    if not env.get("JWT_SECRET"):
-        env["JWT_SECRET"] = secrets.token_urlsafe(32)
-    env.setdefault("DAPR_HTTP_PORT", "3500")
-    env.setdefault("DAPR_GRPC_PORT", "50001")
-    env.setdefault("APP_PORT", "50051")
-    env.setdefault("WS_PORT", "8080")
-    env.setdefault("LOG_FORMAT", "text")
-    env["BOARD"] = "true"
-    sidecar = subprocess.Popen([sys.executable, "-m", "realtime_sync.devsidecar"], env=env)
-    service: subprocess.Popen[bytes] | None = None
-    demo: subprocess.Popen[bytes] | None = None
-    try:
-        if not _wait_http(f"http://127.0.0.1:{env['DAPR_HTTP_PORT']}/v1.0/healthz", 15):
-            return _fail("the dev sidecar did not start (see its log above)")
-        service = subprocess.Popen([sys.executable, "-m", "realtime_sync", "serve"], env=env)
-        ws_port = env["WS_PORT"]
-        if not _wait_http(f"http://127.0.0.1:{ws_port}/readyz", 30):
-            return _fail("the service did not become ready (see its log above)")
-        token = mint_token(DEV_USER, secret=env["JWT_SECRET"], ttl_s=24 * 3600, now=time.time())
-        url = f"ws://localhost:{ws_port}/ws"
-        if not args.no_demo:
-            demo = subprocess.Popen(  # noqa: S603 - our interpreter, our module
-                [sys.executable, "-m", "realtime_sync", "demo", "--rate", str(args.demo_rate)],
-                env=env,
-            )
-        print(
-            f"""
-realtime-sync dev is running (dev sidecar: gRPC {env["DAPR_GRPC_PORT"]}, HTTP \
-{env["DAPR_HTTP_PORT"]}; app gRPC {env["APP_PORT"]}).
-
-  Live board    : http://localhost:{ws_port}/#token={token}
-                  ({"the demo publisher is feeding it" if demo else "publish events to fill it"}; \
-the token stays in the URL fragment, never sent to a server)
-  WebSocket URL : {url}
-  Demo user     : {DEV_USER}
-  Token (24 h)  : {token}
-
-Watch {DEV_USER}'s updates (in another terminal, from this folder):
-  .venv/bin/realtime-sync watch --url {url} --token {token}
-
-Publish a task change (another terminal):
-  .venv/bin/realtime-sync publish --type TASK_CHANGED --user {DEV_USER} --task 42 \
---data '{{"title":"Write the README","status":"doing"}}'
-
-Mint tokens for other users with:  JWT_SECRET=<the dev secret> realtime-sync token bob
-Press Ctrl-C to stop.
-""",
-            flush=True,
-        )
-        return service.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        for proc in (demo, service, sidecar):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in (demo, service, sidecar):
-            if proc is not None:
-                try:
-                    proc.wait(timeout=25)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+    return run_dev(demo=not args.no_demo, demo_rate=args.demo_rate)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """Settings: read once from the environment (flags override), typed, frozen, failing fast.
 
-Each setting is one row of SETTINGS: its environment variable, type, default and help.
-The CLI builds a flag for every row, so the table is also the documentation.
+Each setting is declared once, as a field of `Settings`: its type, default, help and
+bounds. SETTINGS (variable, parser, default, help, bounds per setting) and the CLI flags are
+derived from those fields.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from realtime_sync.core.auth import check_key_setup
 
@@ -38,6 +40,9 @@ def _bool(value: str) -> bool:
 
 @dataclass(frozen=True)
 class Setting:
+    """One setting as the CLI sees it, derived from its `Settings` field:
+    the variable is the field's name in capitals, the flag `--field-name`."""
+
     name: str
     env: str
     parse: Callable[[str], Any]
@@ -48,155 +53,114 @@ class Setting:
     choices: tuple[str, ...] | None = None
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("ws_host", "WS_HOST", str, "0.0.0.0", "interface of the WebSocket/HTTP server"),
-    Setting("ws_port", "WS_PORT", int, 8080, "WebSocket and HTTP port", 0, 65535),
-    Setting("app_host", "APP_HOST", str, "127.0.0.1", "interface of the gRPC app callback"),
-    Setting("app_port", "APP_PORT", int, 50051, "gRPC app callback port (Dapr sets it)", 0, 65535),
-    Setting("pubsub_name", "PUBSUB_NAME", str, "pubsub", "Dapr pub/sub component"),
-    Setting("topic_name", "TOPIC_NAME", str, "task-updates", "topic of task events"),
-    Setting(
-        "dead_letter_topic",
-        "DEAD_LETTER_TOPIC",
-        str,
-        "",
-        "dead-letter topic (default: TOPIC_NAME-deadletter)",
-    ),
-    Setting("state_store_name", "STATE_STORE_NAME", str, "statestore", "Dapr state store"),
-    Setting("jwt_secret", "JWT_SECRET", str, "", "HMAC key for HS* tokens (>= 32 bytes)"),
-    Setting("jwt_public_key", "JWT_PUBLIC_KEY", str, "", "PEM public key for RS/ES/EdDSA tokens"),
-    Setting("jwt_public_key_file", "JWT_PUBLIC_KEY_FILE", str, "", "file with the PEM public key"),
-    Setting("jwt_algorithms", "JWT_ALGORITHMS", _csv, ("HS256",), "accepted algorithms (pinned)"),
-    Setting("jwt_audience", "JWT_AUDIENCE", str, "", "required `aud` when set"),
-    Setting("jwt_issuer", "JWT_ISSUER", str, "", "required `iss` when set"),
-    Setting("jwt_leeway_s", "JWT_LEEWAY_S", float, 2.0, "clock leeway for exp/nbf", 0, 30),
-    Setting("jwt_user_claim", "JWT_USER_CLAIM", str, "userId", "claim holding the user id"),
-    Setting(
-        "allowed_origins",
-        "ALLOWED_ORIGINS",
-        _csv,
-        (),
-        "browser origins allowed (unset: same-origin or no Origin)",
-    ),
-    Setting("heartbeat_s", "HEARTBEAT_S", float, 30.0, "WebSocket ping interval", 0.1, 3600),
-    Setting("auth_timeout_s", "AUTH_TIMEOUT_S", float, 5.0, "deadline of the auth frame", 0.1, 60),
-    Setting(
-        "outbox_max_messages", "OUTBOX_MAX_MESSAGES", int, 1000, "per-connection queue", 1, 10**6
-    ),
-    Setting(
-        "outbox_max_bytes", "OUTBOX_MAX_BYTES", int, 1 << 20, "per-connection bytes", 1024, 1 << 30
-    ),
-    Setting("resume_window_s", "RESUME_WINDOW_S", float, 300.0, "resume buffer age", 1, 86400),
-    Setting("resume_max_events", "RESUME_MAX_EVENTS", int, 1000, "resume buffer size", 1, 10**6),
-    Setting("dedupe_window_s", "DEDUPE_WINDOW_S", float, 600.0, "event id memory", 1, 86400),
-    Setting("dedupe_max_ids", "DEDUPE_MAX_IDS", int, 100_000, "event ids remembered", 100, 10**7),
-    Setting("max_frame_bytes", "MAX_FRAME_BYTES", int, 65536, "largest client frame", 256, 1 << 24),
-    Setting("max_connections_per_user", "MAX_CONNECTIONS_PER_USER", int, 50, "per user", 1, 10**6),
-    Setting("max_connections", "MAX_CONNECTIONS", int, 20_000, "per replica", 1, 10**7),
-    Setting("client_rate", "CLIENT_RATE", float, 20.0, "client frames per second", 0.01, 10**6),
-    Setting("client_burst", "CLIENT_BURST", float, 40.0, "client frame burst", 1, 10**6),
-    Setting("max_subscriptions", "MAX_SUBSCRIPTIONS", int, 1000, "per connection", 1, 10**6),
-    Setting("shares_cache_s", "SHARES_CACHE_S", float, 5.0, "share list cache age", 0, 3600),
-    Setting("connection_ttl_s", "CONNECTION_TTL_S", int, 60, "TTL of connection records", 3, 86400),
-    Setting(
-        "compression",
-        "COMPRESSION",
-        str,
-        "off",
-        "permessage-deflate",
-        choices=("off", "deflate"),
-    ),
-    Setting("app_api_token", "APP_API_TOKEN", str, "", "token daprd must send to the app"),
-    Setting("dapr_timeout_s", "DAPR_TIMEOUT_S", float, 2.0, "deadline of sidecar calls", 0.05, 120),
-    Setting("handoff_queue", "HANDOFF_QUEUE", int, 10_000, "events waiting for the loop", 1, 10**7),
-    Setting(
-        "ack_ahead",
-        "ACK_AHEAD",
-        int,
-        128,
-        "events answered SUCCESS before their writes (recipients known); 0 = after",
-        0,
-        10**6,
-    ),
-    Setting("handoff_wait_s", "HANDOFF_WAIT_S", float, 0.5, "wait on a full queue", 0, 30),
-    Setting(
-        "handler_timeout_s",
-        "HANDLER_TIMEOUT_S",
-        float,
-        10.0,
-        "longest an event may take to route before RETRY",
-        0.1,
-        300,
-    ),
-    Setting("app_workers", "APP_WORKERS", int, 16, "gRPC handler threads", 1, 1024),
-    Setting("drain_s", "DRAIN_S", float, 5.0, "window over which clients are closed", 0, 20),
-    Setting("replica_id", "REPLICA_ID", str, "", "replica name (default: POD_NAME or host)"),
-    Setting("board", "BOARD", _bool, False, "serve the live task board at /"),
-    Setting(
-        "log_level",
-        "LOG_LEVEL",
-        str,
-        "info",
-        "log level",
-        choices=("debug", "info", "warning", "error"),
-    ),
-    Setting("log_format", "LOG_FORMAT", str, "json", "log format", choices=("json", "text")),
-)
+def setting(
+    default: Any,
+    meaning: str,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    *,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """Declare a field of `Settings`: its default, its meaning, its bounds or choices."""
+    return field(
+        default=default,
+        metadata={"help": meaning, "minimum": minimum, "maximum": maximum, "choices": choices},
+    )
 
 
 @dataclass(frozen=True)
 class Settings:
-    ws_host: str
-    ws_port: int
-    app_host: str
-    app_port: int
-    pubsub_name: str
-    topic_name: str
-    dead_letter_topic: str
-    state_store_name: str
-    jwt_secret: str
-    jwt_public_key: str
-    jwt_public_key_file: str
-    jwt_algorithms: tuple[str, ...]
-    jwt_audience: str
-    jwt_issuer: str
-    jwt_leeway_s: float
-    jwt_user_claim: str
-    allowed_origins: tuple[str, ...]
-    heartbeat_s: float
-    auth_timeout_s: float
-    outbox_max_messages: int
-    outbox_max_bytes: int
-    resume_window_s: float
-    resume_max_events: int
-    dedupe_window_s: float
-    dedupe_max_ids: int
-    max_frame_bytes: int
-    max_connections_per_user: int
-    max_connections: int
-    client_rate: float
-    client_burst: float
-    max_subscriptions: int
-    shares_cache_s: float
-    connection_ttl_s: int
-    compression: str
-    app_api_token: str
-    dapr_timeout_s: float
-    handoff_queue: int
-    ack_ahead: int
-    handoff_wait_s: float
-    handler_timeout_s: float
-    app_workers: int
-    drain_s: float
-    replica_id: str
-    board: bool
-    log_level: str
-    log_format: str
+    """Every setting, declared once: the type parses the variable, `setting()` holds
+    the rest."""
 
-    @property
+    ws_host: str = setting("0.0.0.0", "interface of the WebSocket/HTTP server")
+    ws_port: int = setting(8080, "WebSocket and HTTP port", 0, 65535)
+    app_host: str = setting("127.0.0.1", "interface of the gRPC app callback")
+    app_port: int = setting(50051, "gRPC app callback port (Dapr sets it)", 0, 65535)
+    pubsub_name: str = setting("pubsub", "Dapr pub/sub component")
+    topic_name: str = setting("task-updates", "topic of task events")
+    dead_letter_topic: str = setting("", "dead-letter topic (default: TOPIC_NAME-deadletter)")
+    state_store_name: str = setting("statestore", "Dapr state store")
+    jwt_secret: str = setting("", "HMAC key for HS* tokens (>= 32 bytes)")
+    jwt_public_key: str = setting("", "PEM public key for RS/ES/EdDSA tokens")
+    jwt_public_key_file: str = setting("", "file with the PEM public key")
+    jwt_algorithms: tuple[str, ...] = setting(("HS256",), "accepted algorithms (pinned)")
+    jwt_audience: str = setting("", "required `aud` when set")
+    jwt_issuer: str = setting("", "required `iss` when set")
+    jwt_leeway_s: float = setting(2.0, "clock leeway for exp/nbf", 0, 30)
+    jwt_user_claim: str = setting("userId", "claim holding the user id")
+    allowed_origins: tuple[str, ...] = setting(
+        (), "browser origins allowed (unset: same-origin or no Origin)"
+    )
+    heartbeat_s: float = setting(30.0, "WebSocket ping interval", 0.1, 3600)
+    auth_timeout_s: float = setting(5.0, "deadline of the auth frame", 0.1, 60)
+    outbox_max_messages: int = setting(1000, "per-connection queue", 1, 10**6)
+    outbox_max_bytes: int = setting(1 << 20, "per-connection bytes", 1024, 1 << 30)
+    resume_window_s: float = setting(300.0, "resume buffer age", 1, 86400)
+    resume_max_events: int = setting(1000, "resume buffer size", 1, 10**6)
+    dedupe_window_s: float = setting(600.0, "event id memory", 1, 86400)
+    dedupe_max_ids: int = setting(100_000, "event ids remembered", 100, 10**7)
+    max_frame_bytes: int = setting(65536, "largest client frame", 256, 1 << 24)
+    max_connections_per_user: int = setting(50, "per user", 1, 10**6)
+    max_connections: int = setting(20_000, "per replica", 1, 10**7)
+    client_rate: float = setting(20.0, "client frames per second", 0.01, 10**6)
+    client_burst: float = setting(40.0, "client frame burst", 1, 10**6)
+    max_subscriptions: int = setting(1000, "per connection", 1, 10**6)
+    shares_cache_s: float = setting(5.0, "share list cache age", 0, 3600)
+    connection_ttl_s: int = setting(60, "TTL of connection records", 3, 86400)
+    compression: str = setting("off", "permessage-deflate", choices=("off", "deflate"))
+    app_api_token: str = setting("", "token daprd must send to the app")
+    dapr_timeout_s: float = setting(2.0, "deadline of sidecar calls", 0.05, 120)
+    handoff_queue: int = setting(10_000, "events waiting for the loop", 1, 10**7)
+    ack_ahead: int = setting(
+        128, "events answered SUCCESS before their writes (recipients known); 0 = after", 0, 10**6
+    )
+    handoff_wait_s: float = setting(0.5, "wait on a full queue", 0, 30)
+    handler_timeout_s: float = setting(
+        10.0, "longest an event may take to route before RETRY", 0.1, 300
+    )
+    app_workers: int = setting(16, "gRPC handler threads", 1, 1024)
+    drain_s: float = setting(5.0, "window over which clients are closed", 0, 20)
+    replica_id: str = setting("", "replica name (default: POD_NAME or host)")
+    board: bool = setting(False, "serve the live task board at /")
+    log_level: str = setting("info", "log level", choices=("debug", "info", "warning", "error"))
+    log_format: str = setting("json", "log format", choices=("json", "text"))
+
+    @cached_property
     def jwt_key(self) -> str:
-        """The verification key (validated at load)."""
+        """The verification key, checked against the algorithms once (load_settings
+        does it first, so a bad pairing fails at start)."""
         return check_key_setup(self.jwt_algorithms, self.jwt_secret, self.jwt_public_key)
+
+
+PARSERS: dict[Any, Callable[[str], Any]] = {
+    str: str,
+    int: int,
+    float: float,
+    bool: _bool,
+    tuple[str, ...]: _csv,
+}
+
+
+def _rows() -> tuple[Setting, ...]:
+    hints = get_type_hints(Settings)
+    return tuple(
+        Setting(
+            name=f.name,
+            env=f.name.upper(),
+            parse=PARSERS[hints[f.name]],
+            default=f.default,
+            help=f.metadata["help"],
+            minimum=f.metadata["minimum"],
+            maximum=f.metadata["maximum"],
+            choices=f.metadata["choices"],
+        )
+        for f in fields(Settings)
+    )
+
+
+SETTINGS: tuple[Setting, ...] = _rows()
+ENV_OF = {s.name: s.env for s in SETTINGS}
 
 
 def _convert(setting: Setting, raw: str) -> Any:
@@ -269,8 +233,7 @@ def load_settings(
             raise SettingsError("JWT_PUBLIC_KEY_FILE is not a PEM (text) file") from None
     for name in ("pubsub_name", "topic_name", "state_store_name"):
         if not values[name]:
-            env_name = next(s.env for s in SETTINGS if s.name == name)
-            raise SettingsError(f"{env_name} must not be empty")
+            raise SettingsError(f"{ENV_OF[name]} must not be empty")
     if values["client_burst"] < 1:
         raise SettingsError("CLIENT_BURST must be at least 1")
     settings = Settings(**values)
@@ -289,9 +252,4 @@ def load_settings(
 
 
 def settings_overrides(namespace: argparse.Namespace) -> dict[str, str | None]:
-    return {f.name: getattr(namespace, f.name, None) for f in fields(Settings)}
-
-
-def describe_settings() -> Sequence[tuple[str, str, str]]:
-    """(variable, default, meaning) rows for the README's configuration table."""
-    return [(s.env, repr(s.default), s.help) for s in SETTINGS]
+    return {s.name: getattr(namespace, s.name, None) for s in SETTINGS}

@@ -1,6 +1,8 @@
 """The Dapr state shell: share lists (cached, read in bulk) and connection records.
 
-Every call has a deadline (DAPR_TIMEOUT_S) and every failure becomes StateUnavailable,
+Every call has a deadline (DAPR_TIMEOUT_S). A failure is a typed error decided by the gRPC
+status daprd answered with, never by its text: ABORTED on an ETag-guarded write is a
+ConflictError (the write lost to a concurrent one), anything else StateUnavailable,
 which the hub turns into RETRY.
 """
 
@@ -13,9 +15,11 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+import grpc
 import orjson
+from dapr.clients.exceptions import DaprInternalError
 
 from realtime_sync.core.resume import Buffered, contiguous, decode_snapshot, encode_snapshot
 from realtime_sync.metrics import Metrics
@@ -28,11 +32,44 @@ ETAG_ATTEMPTS = 10
 
 
 class StateUnavailable(Exception):
-    """The state store (or the sidecar in front of it) failed or timed out."""
+    """The state store (or the sidecar in front of it) failed or timed out. `code` is
+    the gRPC status daprd answered with; None when no answer came (a time-out, no client)."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ConflictError(Exception):
-    """An ETag-guarded write lost to a concurrent writer every time it was tried."""
+    """An ETag-guarded write lost to a concurrent writer. daprd answers a stale etag
+    ABORTED, a malformed one INVALID_ARGUMENT, any other store error INTERNAL
+    (dapr/dapr pkg/api/grpc/grpc.go, `api.stateErrorResponse`)."""
+
+
+@runtime_checkable
+class RpcStatus(Protocol):
+    """What `grpc.RpcError`s raised by the SDK have: daprd's status code and message."""
+
+    def code(self) -> grpc.StatusCode: ...
+    def details(self) -> str | None: ...
+
+
+def status_of(exc: BaseException) -> RpcStatus | None:
+    """The gRPC error carrying daprd's status in an error of the Dapr SDK: the error
+    itself (`DaprGrpcError`, grpc's `AioRpcError`: both `grpc.RpcError` with `.code()`),
+    or, for the aio `save_state`, which wraps the `AioRpcError` in a `DaprInternalError`
+    (dapr/aio/clients/grpc/client.py, `DaprGrpcClientAsync.save_state`), its `__cause__`."""
+    if isinstance(exc, grpc.RpcError) and isinstance(exc, RpcStatus):
+        return exc
+    if isinstance(exc, DaprInternalError) and exc.__cause__ is not None:
+        return status_of(exc.__cause__)
+    return None
+
+
+def status_code(exc: BaseException) -> grpc.StatusCode | None:
+    rpc = status_of(exc)
+    code = rpc.code() if rpc is not None else None
+    return code if isinstance(code, grpc.StatusCode) else None
 
 
 def parse_share_list(raw: bytes) -> tuple[str, ...]:
@@ -52,11 +89,14 @@ def parse_share_list(raw: bytes) -> tuple[str, ...]:
 class DaprState:
     """Thin typed wrapper over the aio DaprClient for what this service stores."""
 
-    def __init__(self, *, store: str, timeout_s: float, metrics: Metrics) -> None:
+    def __init__(
+        self, *, store: str, timeout_s: float, metrics: Metrics, client: Any = None
+    ) -> None:
+        """`client`: an aio DaprClient already built (or a fake); else `connect` builds one."""
         self._store = store
         self._timeout = timeout_s
         self._metrics = metrics
-        self._client: Any = None
+        self._client: Any = client
 
     @property
     def connected(self) -> bool:
@@ -101,7 +141,9 @@ class DaprState:
             raise StateUnavailable(f"state {op} timed out after {self._timeout:g} s") from None
         except Exception as exc:
             self._metrics.state_errors.labels(op).inc()
-            raise StateUnavailable(f"state {op} failed: {_describe(exc)}") from exc
+            raise StateUnavailable(
+                f"state {op} failed: {_describe(exc)}", status_code(exc)
+            ) from exc
         finally:
             self._metrics.state_latency.labels(op).observe(time.perf_counter() - started)
 
@@ -132,8 +174,8 @@ class DaprState:
             async with self._call("save") as client:
                 await client.save_state(self._store, key, value, etag=etag or None, options=options)
         except StateUnavailable as exc:
-            if etag is not None and _is_etag_conflict(exc.__cause__):
-                raise ConflictError(key) from None
+            if etag is not None and exc.code == grpc.StatusCode.ABORTED:
+                raise ConflictError(key) from exc
             raise
 
     async def save_many(self, items: Sequence[tuple[str, bytes]], *, ttl_s: int) -> None:
@@ -164,32 +206,11 @@ class DaprState:
 
 
 def _describe(exc: BaseException) -> str:
-    code = getattr(exc, "code", None)
-    if callable(code):
-        try:
-            return f"{code().name}: {exc.details()}"  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001, S110 - best-effort description only
-            pass
-    return type(exc).__name__
-
-
-def _is_etag_conflict(cause: BaseException | None) -> bool:
-    """daprd answers ABORTED for a stale etag; the aio save_state wraps it."""
-    seen = 0
-    while cause is not None and seen < 4:
-        text = str(cause).lower()
-        if "etag" in text or "aborted" in text:
-            return True
-        code = getattr(cause, "code", None)
-        if callable(code):
-            try:
-                if getattr(code(), "name", "") == "ABORTED":
-                    return True
-            except Exception:  # noqa: BLE001, S110 - keep looking down the chain
-                pass
-        cause = cause.__cause__
-        seen += 1
-    return False
+    rpc = status_of(exc)
+    code = status_code(exc)
+    if rpc is None or code is None:
+        return type(exc).__name__
+    return f"{code.name}: {rpc.details()}"
 
 
 class ShareLists:

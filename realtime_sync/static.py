@@ -1,8 +1,11 @@
 """Static files served on the WebSocket port when the live task board is enabled (BOARD).
 
 The board lives in `realtime_sync/board/` (index.html at `/`, its assets beside it) and
-the browser client in `clients/js/` is served at `/client/`. Files are read once at start
-and held in memory; nothing outside those folders is reachable.
+imports the browser client from `/client/realtime-sync.js`, the only file served under
+`/client/`. The client's one source is `clients/js/realtime-sync.js` (also an npm
+package): the wheel carries a copy at `board/client/` (pyproject.toml, `force-include`),
+a source checkout serves the original. Files are read once at start and held in memory;
+nothing else is reachable.
 """
 
 from __future__ import annotations
@@ -10,18 +13,28 @@ from __future__ import annotations
 import mimetypes
 from pathlib import Path
 
-BOARD_DIR = Path(__file__).resolve().parent / "board"
-CLIENT_DIR = Path(__file__).resolve().parent.parent / "clients" / "js"
+PACKAGE_DIR = Path(__file__).resolve().parent
+BOARD_DIR = PACKAGE_DIR / "board"
+CLIENT_MODULE = "realtime-sync.js"
+CLIENT_URL = "/client/" + CLIENT_MODULE
+# Where the client module is found: inside an installed wheel, then in a source checkout.
+CLIENT_LOCATIONS = (
+    BOARD_DIR / "client" / CLIENT_MODULE,
+    PACKAGE_DIR.parent / "clients" / "js" / CLIENT_MODULE,
+)
 TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
     ".svg": "image/svg+xml",
     ".json": "application/json",
     ".png": "image/png",
     ".ico": "image/x-icon",
 }
+
+
+class BoardUnavailable(Exception):
+    """BOARD is on but a file the board needs is not installed."""
 
 
 class StaticFiles:
@@ -37,25 +50,30 @@ class StaticFiles:
         return len(self._files)
 
 
-def _collect(root: Path, prefix: str) -> dict[str, tuple[bytes, str]]:
+def _content_type(item: Path) -> str | None:
+    return TYPES.get(item.suffix) or mimetypes.guess_type(item.name)[0]
+
+
+def _collect_board() -> dict[str, tuple[bytes, str]]:
     files: dict[str, tuple[bytes, str]] = {}
-    if not root.is_dir():
-        return files
-    for item in sorted(root.rglob("*")):
-        if not item.is_file() or any(part.startswith(".") for part in item.parts):
-            continue
-        if "node_modules" in item.parts or "test" in item.relative_to(root).parts[:1]:
-            continue
-        kind = TYPES.get(item.suffix) or mimetypes.guess_type(item.name)[0]
-        if kind is None:
-            continue
-        files[prefix + item.relative_to(root).as_posix()] = (item.read_bytes(), kind)
+    for item in sorted(BOARD_DIR.glob("*")):
+        kind = _content_type(item)
+        if item.is_file() and not item.name.startswith(".") and kind is not None:
+            files["/" + item.name] = (item.read_bytes(), kind)
     return files
 
 
 def load_board() -> StaticFiles:
-    files = _collect(BOARD_DIR, "/")
-    files.update(_collect(CLIENT_DIR, "/client/"))
-    if "/index.html" in files:
-        files["/"] = files["/index.html"]
+    """The board's files and the client module; BoardUnavailable names what is missing."""
+    files = _collect_board()
+    if "/index.html" not in files:
+        raise BoardUnavailable(f"BOARD is on but {BOARD_DIR / 'index.html'} is missing")
+    files["/"] = files["/index.html"]
+    client = next((path for path in CLIENT_LOCATIONS if path.is_file()), None)
+    if client is None:
+        raise BoardUnavailable(
+            f"BOARD is on but the browser client {CLIENT_MODULE} is not installed "
+            f"(looked in {', '.join(str(p.parent) for p in CLIENT_LOCATIONS)})"
+        )
+    files[CLIENT_URL] = (client.read_bytes(), TYPES[".js"])
     return StaticFiles(files)

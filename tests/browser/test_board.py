@@ -7,13 +7,9 @@ board must reconnect and catch up with what happened while it was away.
 
 from __future__ import annotations
 
-import gc
-import os
 import random
 import uuid
-import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,9 +17,6 @@ import pytest
 from realtime_sync.demo import Story
 from tests.integration.conftest import ARTIFACTS, ServiceProcess, running_stack
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-REQUIRED = os.environ.get("REALTIME_SYNC_REQUIRE_E2E") == "1"  # set by `make test`
 TIMEOUT_MS = 10_000
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -34,28 +27,6 @@ def board_stack() -> Iterator[ServiceProcess]:
     extra = {"BOARD": "true", "DRAIN_S": "0.3"}
     with running_stack("board", service_env_extra=extra) as service:
         yield service
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        if REQUIRED:
-            pytest.fail(f"{CHROMIUM} is required (make test installs it with apt-get)")
-        pytest.skip(f"{CHROMIUM} missing (make test installs it)")
-    pw = playwright_sync.sync_playwright().start()
-    try:
-        browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS
-        )
-        yield browser
-        browser.close()
-    finally:
-        # Playwright stops its driver without waiting for the process to exit, so the
-        # driver's Popen may be collected "still running": not ours to fix, keep it quiet.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)
-            pw.stop()
-            gc.collect()
 
 
 def event(kind: str, user: str, task: int, data: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 
@@ -10,7 +12,8 @@ import jwt
 import pytest
 
 from bench.common import free_port
-from tests.integration.conftest import SECRET, ServiceProcess
+from tests.integration.conftest import ARTIFACTS, SECRET, ServiceProcess
+from tests.integration.devrun import PORT_VARIABLES, running_dev
 
 CLI = [sys.executable, "-m", "realtime_sync"]
 
@@ -116,3 +119,37 @@ def test_publish_refuses_data_that_is_not_json() -> None:
     result = run("publish", "--user", "u", "--task", "1", "--data", "{nope")
     assert result.returncode == 2
     assert "--data" in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_stop_signal_to_dev_alone_stops_all_it_started(sig: signal.Signals) -> None:
+    """`dev` gets the signal, not its process group (as from `kill`, systemd, a
+    supervisor): the sidecar, the service and the demo must go too, freeing the ports."""
+    with running_dev(CLI, ARTIFACTS / f"dev-{sig.name}.log") as dev:
+        dev.wait_for_banner()
+        assert len(dev.children) == 3  # sidecar, service, demo publisher
+        dev.proc.send_signal(sig)
+        dev.proc.wait(timeout=30)
+        dev.wait_all_stopped(timeout_s=10)
+        assert dev.proc.returncode == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux-only")
+def test_killing_dev_outright_stops_all_it_started() -> None:
+    with running_dev(CLI, ARTIFACTS / "dev-SIGKILL.log", "--no-demo") as dev:
+        dev.wait_for_banner()
+        assert len(dev.children) == 2  # sidecar, service
+        dev.proc.kill()
+        dev.proc.wait(timeout=10)
+        dev.wait_all_stopped(timeout_s=30)
+
+
+def test_dev_stops_with_a_message_when_its_sidecar_cannot_start() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = {name: str(free_port()) for name in PORT_VARIABLES}
+        ports["DAPR_HTTP_PORT"] = str(taken.getsockname()[1])
+        result = run("dev", "--no-demo", env=ports)
+    assert result.returncode == 2
+    assert "the dev sidecar exited with 1" in result.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 import urllib.error
@@ -78,7 +77,8 @@ async def test_sigterm_closes_clients_1001_and_acks_nothing_undelivered(tasks: i
                         "id": f"t-{i}",
                     }
                 )
-            await asyncio.sleep(0.05)
+            [first] = await client.updates(1)  # events are flowing: stop mid-stream
+            received.append(first["event_id"])
             assert stack.proc is not None
             stack.proc.send_signal(signal.SIGTERM)
             started = time.monotonic()

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import secrets
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -13,10 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from realtime_sync.config import (
     SETTINGS,
-    Settings,
+    Setting,
     SettingsError,
     add_setting_flags,
-    describe_settings,
     load_settings,
     settings_overrides,
 )
@@ -134,17 +134,68 @@ def test_every_setting_has_a_flag_and_flags_reach_the_settings() -> None:
     assert {s.name for s in SETTINGS} <= flags
 
 
-def test_settings_cover_exactly_the_table_and_are_frozen() -> None:
-    assert [f.name for f in dataclasses.fields(Settings)] == [s.name for s in SETTINGS]
+def _sample(s: Setting) -> tuple[str, object]:
+    """A valid value for the setting other than its default: (variable text, parsed)."""
+    if s.choices:
+        choice = next(c for c in s.choices if c != s.default)
+        return choice.upper(), choice
+    match s.default:
+        case bool():
+            return "yes", not s.default
+        case int() | float() if s.maximum is not None:
+            return str(s.maximum), type(s.default)(s.maximum)
+        case int():
+            return str(s.default + 1), s.default + 1
+        case tuple():
+            return " a.example , b.example,, ", ("a.example", "b.example")
+        case _:
+            return f"{s.name}-value", f"{s.name}-value"
+
+
+def test_every_setting_is_read_from_its_variable_and_from_its_flag() -> None:
+    samples = {s.name: _sample(s) for s in SETTINGS}
+    env = {s.env: samples[s.name][0] for s in SETTINGS}
+    from_env = load_settings(env, require_jwt=False)
+    parser = argparse.ArgumentParser()
+    add_setting_flags(parser)
+    flags = [arg for s in SETTINGS for arg in (f"--{s.name.replace('_', '-')}", env[s.env])]
+    from_flags = load_settings({}, settings_overrides(parser.parse_args(flags)), require_jwt=False)
+    for s in SETTINGS:
+        expected = samples[s.name][1]
+        assert getattr(from_env, s.name) == expected, s.env
+        assert getattr(from_flags, s.name) == expected, s.env
+    assert len(SETTINGS) == len({s.env for s in SETTINGS}) > 40
+
+
+def test_settings_are_frozen() -> None:
     s = load_settings({}, require_jwt=False)
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.ws_port = 1  # type: ignore[misc]
 
 
-def test_describe_settings_lists_every_variable() -> None:
-    rows = describe_settings()
-    assert [r[0] for r in rows] == [s.env for s in SETTINGS]
-    assert ("WS_PORT", "8080", "WebSocket and HTTP port") in rows
+def test_the_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    configuration = readme[readme.index("## Configuration") :]
+    table = configuration[: configuration.index("\n\n", configuration.index("| variable"))]
+    missing = [s.env for s in SETTINGS if f"`{s.env}`" not in table]
+    assert missing == []
+
+
+def test_the_jwt_key_is_checked_once_per_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A public key is parsed at load, not again at every use of `jwt_key`."""
+    from realtime_sync.core.auth import check_key_setup
+
+    pem = _public_pem()
+    calls: list[str] = []
+
+    def counting(*args: Any) -> str:
+        calls.append("check")
+        return check_key_setup(*args)
+
+    monkeypatch.setattr("realtime_sync.config.check_key_setup", counting)
+    s = load_settings({"JWT_ALGORITHMS": "ES256", "JWT_PUBLIC_KEY": pem})
+    assert [s.jwt_key for _ in range(3)] == [pem] * 3
+    assert calls == ["check"]
 
 
 @pytest.mark.parametrize(
