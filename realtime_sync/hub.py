@@ -270,7 +270,7 @@ class Hub:
         """One socket write per connection, then the waiting handler threads' verdicts."""
         try:
             for conn, wire in batch.items():
-                conn.send_wire(wire)
+                conn.send_encoded(wire)
         finally:  # a handler thread waiting on a taken hand-off must always be answered
             for handoff, verdict in answered:
                 handoff.answer(verdict)
@@ -410,7 +410,7 @@ class Hub:
             if conn.close_code is not None:
                 continue
             if batch is None:
-                if conn.send_wire(wire):
+                if conn.send_encoded(wire):
                     sent += 1
             else:
                 # b"" + wire is wire itself: no copy for a connection's first frame.

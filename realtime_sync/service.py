@@ -71,7 +71,9 @@ class Service:
             resume_max_events=s.resume_max_events,
             snapshots=snapshots,
         )
-        records = ConnectionRecords(state, replica=s.replica_id, ttl_s=s.connection_ttl_s)
+        records = ConnectionRecords(
+            state, hub.registry, replica=s.replica_id, ttl_s=s.connection_ttl_s
+        )
         verifier = TokenVerifier(
             algorithms=s.jwt_algorithms,
             key=s.jwt_key,

@@ -52,7 +52,7 @@ class Conn:
         self.close_code = None
         self.got: list[str] = []
 
-    def send_wire(self, wire: bytes) -> bool:
+    def send_encoded(self, wire: bytes) -> bool:
         self.got += [orjson.loads(frame)["event_id"] for frame in split_text_frames(wire)]
         return True
 
