@@ -103,6 +103,7 @@ class ConnectionRecords:
         self._connections = connections
         self._replica = replica
         self._ttl = ttl_s
+        self._leaving = False  # set by remove_all: every record goes
         self._dirty: set[str] = set()
         self._deleted: set[str] = set()
         self._dirty_users: set[str] = set()
@@ -129,7 +130,7 @@ class ConnectionRecords:
         return self._connections.get(connection_id) is not None
 
     def _has_open(self, user_id: str) -> bool:
-        return self._connections.count_for(user_id) > 0
+        return not self._leaving and self._connections.count_for(user_id) > 0
 
     def _ids_of(self, user_id: str) -> list[str]:
         return sorted(c.connection_id for c in self._connections.of_user(user_id))
@@ -216,6 +217,7 @@ class ConnectionRecords:
 
     async def remove_all(self) -> None:
         """On shutdown: delete every record of this replica (best effort)."""
+        self._leaving = True
         for conn in self._connections:
             self.closed(conn)
         while (self._deleted or self._dirty_users) and self._state.connected:

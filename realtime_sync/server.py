@@ -28,7 +28,6 @@ from realtime_sync.core.auth import AuthError, Identity, TokenVerifier
 from realtime_sync.core.outbox import Outbox
 from realtime_sync.core.outcomes import CloseCode
 from realtime_sync.core.session import (
-    Action,
     Close,
     Effect,
     ExpireAt,
@@ -224,7 +223,7 @@ class Gateway:
                 async for raw in ws:
                     if conn.closing:
                         break
-                    await self._perform(conn, expiry, session.receive(raw, time.time()))
+                    await self._receive(conn, expiry, raw)
                 await conn.wait_closed()
             except ConnectionClosed:
                 pass
@@ -294,34 +293,32 @@ class Gateway:
         log.info("client refused", extra={"reason": reason})
         await ws.close(CloseCode.UNAUTHORIZED, reason)
 
-    async def _perform(
-        self, conn: ClientConnection, expiry: ExpiryTimer, actions: list[Action]
-    ) -> None:
-        """Carry out a session's actions in order; a resume is awaited, and its answer's
-        actions follow."""
-        for action in actions:
+    async def _receive(self, conn: ClientConnection, expiry: ExpiryTimer, raw: str | bytes) -> None:
+        """Feed one client frame to the session and carry out its actions in order; a
+        resume is awaited, and the actions of its answer follow."""
+        before = len(conn.subscriptions)
+        for action in conn.session.receive(raw, time.time()):
             if isinstance(action, Resume):
                 payloads = await self.hub.resume(conn, action.request)
                 self._apply(conn, expiry, conn.session.resumed(action.request, payloads))
             else:
                 self._apply(conn, expiry, [action])
+        if changed := len(conn.subscriptions) - before:
+            self.metrics.subscriptions.inc(changed)
 
     def _apply(self, conn: ClientConnection, expiry: ExpiryTimer, effects: list[Effect]) -> None:
-        before = len(conn.subscriptions)
-        for action in effects:
-            match action:
+        for effect in effects:
+            match effect:
                 case Send():
-                    conn.send_message(action.payload)
+                    conn.send_message(effect.payload)
                 case Replay():
-                    self._replay(conn, action.payloads)
+                    self._replay(conn, effect.payloads)
                 case Close():
-                    conn.close(action.code, action.reason)
+                    conn.close(effect.code, effect.reason)
                 case Touch():
                     self.records.touched(conn)
                 case ExpireAt():
-                    expiry.arm(action.deadline)
-        if changed := len(conn.subscriptions) - before:
-            self.metrics.subscriptions.inc(changed)
+                    expiry.arm(effect.deadline)
 
     def _replay(self, conn: ClientConnection, payloads: list[bytes]) -> None:
         sent = 0
