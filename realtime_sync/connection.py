@@ -1,7 +1,7 @@
 """One client connection: its session, its bounded outbound path and its expiry timer.
 
 A frame is written straight to the socket (through the `SocketWriter` seam) when nothing
-is queued and the socket's buffer is below the high-water mark (no task switch);
+is queued and the socket keeps up (no task switch);
 otherwise it waits in the bounded Outbox, drained by a short-lived task that honours
 backpressure. Crossing the bound closes the connection with 4008: a slow client never
 slows the others and never grows memory without limit.
@@ -10,7 +10,6 @@ slows the others and never grows memory without limit.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 
@@ -22,9 +21,6 @@ from realtime_sync.core.outcomes import CloseCode
 from realtime_sync.core.session import Session
 from realtime_sync.core.wire import split_text_frames
 from realtime_sync.writer import SocketWriter
-
-log = logging.getLogger(__name__)
-WRITE_HIGH_WATER = 64 * 1024
 
 
 class ExpiryTimer:
@@ -99,16 +95,14 @@ class ClientConnection:
 
     def send_message(self, payload: bytes) -> bool:
         """Write or queue one text message. False if the connection is (now) closing."""
+        if self.close_code is not None:
+            return False
         socket = self._socket
-        if self.close_code is not None or not socket.open:
+        if self._drainer is None and socket.write_message_now(payload):
+            return True
+        if not socket.open:
             return False
-        buffered = socket.buffered
-        if self._drainer is None and buffered <= WRITE_HIGH_WATER and socket.immediate:
-            if socket.write_message(payload):
-                return True
-            log.debug("direct write failed", extra={"connection_id": self.connection_id})
-            return False
-        if not self.outbox.push(payload, in_flight_bytes=buffered):
+        if not self.outbox.push(payload, in_flight_bytes=socket.buffered):
             self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
             return False
         if self._drainer is None:
@@ -121,19 +115,16 @@ class ClientConnection:
         up; otherwise `send_message` each frame's payload (outbox, bound, 4008). False if
         any frame was refused (the connection is closing).
 
-        A connection that negotiated an extension (permessage-deflate) never takes the
-        verbatim path: its frames are framed by websockets in `send_message`.
+        One drain of the hub can carry many events: the batch goes in one write only while
+        it stays within the outbox's byte bound. A connection that negotiated an extension
+        (permessage-deflate) never takes the verbatim path.
         """
-        socket = self._socket
-        if self._drainer is None and self.close_code is None and socket.verbatim and socket.open:
-            # One drain can carry many events: the batch goes in one write only while the
-            # socket keeps up and the batch stays within the outbox's byte bound.
-            buffered = socket.buffered
-            if buffered <= WRITE_HIGH_WATER and buffered + len(frames) <= self.outbox.max_bytes:
-                if socket.write_encoded(frames):
-                    return True
-                log.debug("direct write failed", extra={"connection_id": self.connection_id})
-                return False
+        if (
+            self._drainer is None
+            and self.close_code is None
+            and self._socket.write_encoded_now(frames, self.outbox.max_bytes)
+        ):
+            return True
         return all(self.send_message(payload) for payload in split_text_frames(frames))
 
     async def _drain(self) -> None:

@@ -16,6 +16,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
 log = logging.getLogger(__name__)
+# A socket with more than this waiting in its buffer does not keep up: frames for it
+# wait in the connection's outbox instead.
+WRITE_HIGH_WATER: Final = 64 * 1024
 
 # The websockets releases whose internals SocketWriter was read against: [first, last).
 # tests/unit/test_writer.py fails on any other version; pyproject.toml pins the same range.
@@ -56,8 +59,8 @@ class SocketWriter:
     - Server frames are unmasked (RFC 6455 5.1) and, with no extension negotiated, the
       protocol keeps no per-frame send state: bytes framed once by `core.wire` are exactly
       what `send_text()` would produce, so they may be written verbatim.
-    If the installed websockets is outside SUPPORTED_WEBSOCKETS, `verbatim` is False and
-    `immediate` is False: everything goes through the public `send()`.
+    If the installed websockets is outside SUPPORTED_WEBSOCKETS, `immediate` and `verbatim`
+    are False: every frame goes through the public `send()`.
     """
 
     __slots__ = ("_protocol", "_transport", "_ws", "immediate", "verbatim")
@@ -81,9 +84,14 @@ class SocketWriter:
         """Bytes handed to the socket and not sent yet."""
         return self._transport.get_write_buffer_size()
 
-    def write_message(self, payload: bytes) -> bool:
-        """Frame one text payload (with any extension) and write it; False if the socket
-        is dying (the caller logs it; the connection's handler cleans up)."""
+    def write_message_now(self, payload: bytes) -> bool:
+        """Frame one text payload (with any extension) and write it, if the connection is
+        open and its socket keeps up. False: not written (queue it, or the connection is
+        closing, or the socket is dying and its handler cleans up)."""
+        if not self.immediate or self._protocol.state is not State.OPEN:
+            return False
+        if self._transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            return False
         try:
             self._protocol.send_text(payload)
             self._ws.send_data()
@@ -91,11 +99,18 @@ class SocketWriter:
             return False
         return True
 
-    def write_encoded(self, frames: bytes) -> bool:
-        """Write frames encoded by `core.wire.encode_text_frame` verbatim (only when
-        `verbatim`); False if the socket is dying."""
+    def write_encoded_now(self, frames: bytes, max_buffered: int) -> bool:
+        """Write frames encoded by `core.wire.encode_text_frame` verbatim, in one write, if
+        no extension rewrites them, the connection is open, its socket keeps up and the
+        bytes waiting in it stay within `max_buffered`. False: not written (see above)."""
+        if not self.verbatim or self._protocol.state is not State.OPEN:
+            return False
+        transport = self._transport
+        buffered = transport.get_write_buffer_size()
+        if buffered > WRITE_HIGH_WATER or buffered + len(frames) > max_buffered:
+            return False
         try:
-            self._transport.write(frames)
+            transport.write(frames)
         except Exception:  # noqa: BLE001 - a dying socket; its handler cleans up
             return False
         return True

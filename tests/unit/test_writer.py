@@ -19,8 +19,14 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.protocol import Protocol, State
 
 from realtime_sync.core.wire import encode_text_frame
-from realtime_sync.writer import SUPPORTED_WEBSOCKETS, SocketWriter, websockets_supported
+from realtime_sync.writer import (
+    SUPPORTED_WEBSOCKETS,
+    WRITE_HIGH_WATER,
+    SocketWriter,
+    websockets_supported,
+)
 
+LIMIT = 1 << 20
 PYPROJECT = Path(__file__).parents[2] / "pyproject.toml"
 Script = Callable[[SocketWriter, ServerConnection], Awaitable[None]]
 
@@ -89,12 +95,13 @@ async def test_direct_and_public_writes_arrive_as_text_in_order() -> None:
     async def script(writer: SocketWriter, _: ServerConnection) -> None:
         assert writer.open and writer.immediate and writer.verbatim
         assert writer.buffered == 0
-        assert writer.write_message(b'{"n":1}')
-        assert writer.write_encoded(encode_text_frame(b'{"n":2}') + encode_text_frame(b'{"n":3}'))
+        assert writer.write_message_now(b'{"n":1}')
+        both = encode_text_frame(b'{"n":2}') + encode_text_frame(b'{"n":3}')
+        assert writer.write_encoded_now(both, LIMIT)
         await writer.send(b'{"n":4}')
         big = orjson.dumps({"n": 5, "pad": "x" * 70_000})  # a 64-bit length field
-        assert writer.write_encoded(encode_text_frame(big))
-        assert writer.write_message(b'{"n":6}')
+        assert writer.write_encoded_now(encode_text_frame(big), LIMIT)
+        assert writer.write_message_now(b'{"n":6}')
 
     async with served(script) as url:
         got = await received(url, 6)
@@ -104,21 +111,47 @@ async def test_direct_and_public_writes_arrive_as_text_in_order() -> None:
 async def test_with_permessage_deflate_frames_are_not_written_verbatim() -> None:
     async def script(writer: SocketWriter, _: ServerConnection) -> None:
         assert not writer.verbatim  # the extension rewrites every frame
-        assert writer.write_message(b'{"n":1}')
+        assert not writer.write_encoded_now(encode_text_frame(b'{"n":0}'), LIMIT)
+        assert writer.write_message_now(b'{"n":1}')
         await writer.send(b'{"n":2}')
 
     async with served(script, compression="deflate") as url:
         assert await received(url, 2, compression="deflate") == [1, 2]
 
 
-async def test_a_closed_connection_is_not_open() -> None:
+async def test_a_closed_connection_is_not_open_and_takes_no_direct_write() -> None:
     seen: list[bool] = []
 
     async def script(writer: SocketWriter, ws: ServerConnection) -> None:
         seen.append(writer.open)
         await ws.close()
         seen.append(writer.open)
+        seen.append(writer.write_message_now(b"{}"))
+        seen.append(writer.write_encoded_now(encode_text_frame(b"{}"), LIMIT))
 
     async with served(script) as url, connect(url) as ws:
         await ws.wait_closed()
-    assert seen == [True, False]
+    assert seen == [True, False, False, False]
+
+
+async def test_a_socket_that_does_not_keep_up_takes_no_direct_write() -> None:
+    """A client that stops reading: once the socket's buffer is past the high-water mark,
+    nothing more is written at once (the connection queues it in its bounded outbox)."""
+    frame = encode_text_frame(b'"' + b"x" * WRITE_HIGH_WATER + b'"')
+    outcome: list[bool] = []
+
+    async def script(writer: SocketWriter, ws: ServerConnection) -> None:
+        assert not writer.write_encoded_now(frame, len(frame) - 1)  # over the given bound
+        for _ in range(10_000):  # the client's queue and the kernel's buffers fill up
+            if not writer.write_encoded_now(frame, 1 << 40):
+                break
+        outcome.append(writer.buffered > WRITE_HIGH_WATER)
+        outcome.append(writer.write_message_now(b"{}"))
+        outcome.append(writer.write_encoded_now(encode_text_frame(b"{}"), 1 << 40))
+        checked.set()
+
+    checked = asyncio.Event()
+    async with served(script) as url, connect(url, max_queue=1, max_size=None) as ws:
+        await asyncio.wait_for(checked.wait(), 10)
+        ws.transport.abort()  # a client that stopped reading would not see a close frame
+    assert outcome == [True, False, False]
