@@ -143,7 +143,7 @@ class ClientConnection:
         if self.close_code is not None:
             return
         self.close_code = code
-        self.session.closing()
+        self.session.stop()
         self.outbox.clear()
         self._on_close(self, code)
         self._close_task = asyncio.get_running_loop().create_task(self.ws.close(int(code), reason))

@@ -106,7 +106,12 @@ def authenticate(raw: str | bytes, verifier: TokenVerifier) -> Identity | Close:
 
 
 class Session:
-    """The protocol of one authenticated connection. `now` is always Unix time (s)."""
+    """The protocol of one authenticated connection.
+
+    `now` is always Unix time in seconds: token expiry is, and the records show it. The
+    rate limit tolerates a clock step (a step back refills nothing, one forward at most
+    refills the burst).
+    """
 
     def __init__(
         self,
@@ -185,7 +190,7 @@ class Session:
             return [self._expiry()]
         return [self._close(CloseCode.TOKEN_EXPIRED, "token expired")]
 
-    def closing(self) -> None:
+    def stop(self) -> None:
         """The connection is closing for a reason of the shell's (slow consumer, shutdown):
         nothing more comes out of the session."""
         self.closed = True

@@ -191,7 +191,7 @@ def test_a_resume_that_finishes_after_a_close_does_nothing() -> None:
     session = make_session()
     [resume] = session.receive(frame(type="subscribe", all=True, since="e1"), T0)
     assert isinstance(resume, Resume)
-    session.closing()  # e.g. closed as a slow consumer while the snapshot loaded
+    session.stop()  # e.g. closed as a slow consumer while the snapshot loaded
     assert session.resumed(resume.request, [b"{}"]) == []
     assert not session.subscriptions.all
 
