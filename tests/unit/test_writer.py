@@ -16,6 +16,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, State
 
 from realtime_sync.core.wire import encode_text_frame
@@ -65,6 +66,13 @@ def test_the_internals_it_uses_exist() -> None:
     assert callable(getattr(ServerConnection, "send_data", None))
     assert callable(getattr(Protocol, "send_text", None))
     assert State.OPEN in State
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65_535, 65_536])
+def test_a_frame_encoded_once_is_what_websockets_would_send(size: int) -> None:
+    """The verbatim path writes `core.wire` frames: byte for byte websockets' own."""
+    payload = b"x" * size
+    assert encode_text_frame(payload) == Frame(Opcode.TEXT, payload).serialize(mask=False)
 
 
 @asynccontextmanager
