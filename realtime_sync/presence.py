@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-from realtime_sync.connection import ClientConnection
+from realtime_sync.core.routing import Subscriptions
 from realtime_sync.state import (
     CONNECTION_PREFIX,
     ConflictError,
@@ -41,7 +42,31 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def record_of(conn: ClientConnection, replica: str) -> bytes:
+class Recorded(Protocol):
+    """What a connection's record is made of."""
+
+    @property
+    def connection_id(self) -> str: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def subscriptions(self) -> Subscriptions: ...
+    @property
+    def connected_at(self) -> float: ...
+    @property
+    def last_activity(self) -> float: ...
+
+
+class OpenConnections(Protocol):
+    """The hub's registry of this replica's open connections, read-only."""
+
+    def __iter__(self) -> Iterator[Recorded]: ...
+    def get(self, connection_id: str) -> Recorded | None: ...
+    def count_for(self, user_id: str) -> int: ...
+    def of_user(self, user_id: str) -> Sequence[Recorded]: ...
+
+
+def record_of(conn: Recorded, replica: str) -> bytes:
     return orjson.dumps(
         {
             "id": conn.connection_id,
@@ -68,12 +93,17 @@ def _json(raw: bytes) -> Any:
 
 
 class ConnectionRecords:
-    def __init__(self, state: DaprState, *, replica: str, ttl_s: int) -> None:
+    """Writes the records of the connections in the hub's registry: `opened`, `touched`
+    and `closed` mark what changed; each flush writes it (the registry is read then)."""
+
+    def __init__(
+        self, state: DaprState, connections: OpenConnections, *, replica: str, ttl_s: int
+    ) -> None:
         self._state = state
+        self._connections = connections
         self._replica = replica
         self._ttl = ttl_s
-        self._live: dict[str, ClientConnection] = {}
-        self._by_user: dict[str, set[str]] = {}
+        self._leaving = False  # set by remove_all: every record goes
         self._dirty: set[str] = set()
         self._deleted: set[str] = set()
         self._dirty_users: set[str] = set()
@@ -83,28 +113,27 @@ class ConnectionRecords:
     def replica(self) -> str:
         return self._replica
 
-    def opened(self, conn: ClientConnection) -> None:
-        self._live[conn.connection_id] = conn
-        self._by_user.setdefault(conn.user_id, set()).add(conn.connection_id)
+    def opened(self, conn: Recorded) -> None:
         self._dirty.add(conn.connection_id)
         self._deleted.discard(conn.connection_id)
         self._dirty_users.add(conn.user_id)
 
-    def touched(self, conn: ClientConnection) -> None:
-        if conn.connection_id in self._live:
-            self._dirty.add(conn.connection_id)
+    def touched(self, conn: Recorded) -> None:
+        self._dirty.add(conn.connection_id)
 
-    def closed(self, conn: ClientConnection) -> None:
-        if self._live.pop(conn.connection_id, None) is None:
-            return
+    def closed(self, conn: Recorded) -> None:
         self._dirty.discard(conn.connection_id)
         self._deleted.add(conn.connection_id)
-        ids = self._by_user.get(conn.user_id)
-        if ids is not None:
-            ids.discard(conn.connection_id)
-            if not ids:
-                del self._by_user[conn.user_id]
         self._dirty_users.add(conn.user_id)
+
+    def _is_open(self, connection_id: str) -> bool:
+        return self._connections.get(connection_id) is not None
+
+    def _has_open(self, user_id: str) -> bool:
+        return not self._leaving and self._connections.count_for(user_id) > 0
+
+    def _ids_of(self, user_id: str) -> list[str]:
+        return sorted(c.connection_id for c in self._connections.of_user(user_id))
 
     async def run(self) -> None:
         while True:
@@ -113,8 +142,9 @@ class ConnectionRecords:
                 continue
             if time.monotonic() - self._last_refresh >= self._ttl / 3:
                 self._last_refresh = time.monotonic()
-                self._dirty.update(self._live)
-                self._dirty_users.update(self._by_user)
+                for conn in self._connections:
+                    self._dirty.add(conn.connection_id)
+                    self._dirty_users.add(conn.user_id)
                 await self._announce()
             await self.flush()
 
@@ -124,7 +154,7 @@ class ConnectionRecords:
 
     async def flush(self) -> None:
         deleted = list(self._deleted)[:MAX_BATCH]
-        empty_users = [u for u in self._dirty_users if u not in self._by_user][:MAX_BATCH]
+        empty_users = [u for u in self._dirty_users if not self._has_open(u)][:MAX_BATCH]
         gone = [CONNECTION_PREFIX + c for c in deleted]
         gone += [presence_key(u, self._replica) for u in empty_users]
         if gone:
@@ -142,21 +172,20 @@ class ConnectionRecords:
                     self._dirty_users.pop()
                     for _ in range(min(MAX_BATCH - len(batch), len(self._dirty_users)))
                 ]
-                if u in self._by_user
+                if self._has_open(u)
             ]
             items = [
-                (CONNECTION_PREFIX + cid, record_of(self._live[cid], self._replica))
+                (CONNECTION_PREFIX + cid, record_of(conn, self._replica))
                 for cid in batch
-                if cid in self._live
+                if (conn := self._connections.get(cid)) is not None
             ]
             items += [
-                (presence_key(u, self._replica), orjson.dumps(sorted(self._by_user[u])))
-                for u in users
+                (presence_key(u, self._replica), orjson.dumps(self._ids_of(u))) for u in users
             ]
             try:
                 await self._state.save_many(items, ttl_s=self._ttl)
             except StateUnavailable as exc:
-                self._dirty.update(c for c in batch if c in self._live)
+                self._dirty.update(c for c in batch if self._is_open(c))
                 self._dirty_users.update(users)
                 log.warning("saving connection records failed", extra={"reason": str(exc)})
                 return
@@ -188,7 +217,8 @@ class ConnectionRecords:
 
     async def remove_all(self) -> None:
         """On shutdown: delete every record of this replica (best effort)."""
-        for conn in list(self._live.values()):
+        self._leaving = True
+        for conn in self._connections:
             self.closed(conn)
         while (self._deleted or self._dirty_users) and self._state.connected:
             before = len(self._deleted) + len(self._dirty_users)

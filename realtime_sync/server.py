@@ -7,10 +7,12 @@ HTTP on the same port (websockets' process_request runs before the upgrade).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 import uuid
+from collections.abc import AsyncIterator
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,27 +23,22 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from realtime_sync.config import Settings
-from realtime_sync.connection import ClientConnection
+from realtime_sync.connection import ClientConnection, ExpiryTimer
 from realtime_sync.core.auth import AuthError, Identity, TokenVerifier
 from realtime_sync.core.outbox import Outbox
 from realtime_sync.core.outcomes import CloseCode
-from realtime_sync.core.protocol import (
-    Auth,
-    BadMessage,
-    Ping,
-    Refresh,
-    Subscribe,
-    Unsubscribe,
-    connected_frame,
-    error_frame,
-    parse_client_message,
-    pong_frame,
-    refreshed_frame,
-    resync_required_frame,
-    subscribed_frame,
-    unsubscribed_frame,
+from realtime_sync.core.session import (
+    Close,
+    Effect,
+    ExpireAt,
+    Replay,
+    Resume,
+    Send,
+    Session,
+    SessionLimits,
+    Touch,
+    authenticate,
 )
-from realtime_sync.core.ratelimit import TokenBucket
 from realtime_sync.hub import Hub
 from realtime_sync.metrics import Metrics
 from realtime_sync.presence import ConnectionRecords
@@ -94,7 +91,7 @@ def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
 
 
 class Gateway:
-    """Authenticates, registers and serves WebSocket clients."""
+    """Admits WebSocket clients and drives each one's `Session` for its lifetime."""
 
     def __init__(
         self,
@@ -116,6 +113,12 @@ class Gateway:
         self.static = static
         self.server: Server | None = None
         self._handshaking = 0
+        self._limits = SessionLimits(
+            max_subscriptions=settings.max_subscriptions,
+            rate=settings.client_rate,
+            burst=settings.client_burst,
+            heartbeat_s=settings.heartbeat_s,
+        )
 
     async def start(self) -> Server:
         s = self.settings
@@ -197,57 +200,71 @@ class Gateway:
     # -- the connection ------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        identity = await self._admit(ws)
+        if identity is None:
+            return
+        s = self.settings
+        session = Session(
+            connection_id=uuid.uuid4().hex,
+            identity=identity,
+            verifier=self.verifier,
+            limits=self._limits,
+            now=time.time(),
+        )
+        conn = ClientConnection(
+            session=session,
+            ws=ws,
+            outbox=Outbox(max_messages=s.outbox_max_messages, max_bytes=s.outbox_max_bytes),
+            on_close=self.hub.on_close,
+        )
+        async with self._registered(conn) as expiry:
+            try:
+                self._apply(conn, expiry, session.start())
+                async for raw in ws:
+                    if conn.closing:
+                        break
+                    await self._receive(conn, expiry, raw)
+                await conn.wait_closed()
+            except ConnectionClosed:
+                pass
+
+    async def _admit(self, ws: ServerConnection) -> Identity | None:
+        """Who the client is, or None once it has been closed (4001, or 4029 when its user
+        holds too many connections)."""
         self._handshaking += 1
         try:
             identity = await self._authenticate(ws)
         finally:
             self._handshaking -= 1
         if identity is None:
-            return
-        s = self.settings
-        if self.hub.registry.count_for(identity.user_id) >= s.max_connections_per_user:
+            return None
+        if self.hub.registry.count_for(identity.user_id) >= self.settings.max_connections_per_user:
             self.metrics.closes.labels(str(int(CloseCode.TOO_MANY))).inc()
             await ws.close(CloseCode.TOO_MANY, "too many connections for this user")
-            return
-        conn = ClientConnection(
-            connection_id=uuid.uuid4().hex,
-            user_id=identity.user_id,
-            ws=ws,
-            outbox=Outbox(max_messages=s.outbox_max_messages, max_bytes=s.outbox_max_bytes),
-            bucket=TokenBucket(rate=s.client_rate, burst=s.client_burst, now=time.monotonic()),
-            expires_at=identity.expires_at,
-            on_close=self.hub.on_close,
-        )
+            return None
+        return identity
+
+    @contextlib.asynccontextmanager
+    async def _registered(self, conn: ClientConnection) -> AsyncIterator[ExpiryTimer]:
+        """The connection is routed to, recorded in the state store and timed for its
+        token's expiry exactly as long as this block."""
+        expiry = ExpiryTimer(lambda: self._apply(conn, expiry, conn.session.expire(time.time())))
         self.hub.register(conn)
         self.records.opened(conn)
-        self._schedule_expiry(conn)
         log.info(
             "client connected",
             extra={"connection_id": conn.connection_id, "user_id": conn.user_id},
         )
         try:
-            conn.send_message(
-                connected_frame(conn.connection_id, conn.user_id, s.heartbeat_s, conn.expires_at)
-            )
-            async for message in ws:
-                if conn.closing:
-                    break
-                await self._on_frame(conn, message)
-            await conn.wait_closed()
-        except ConnectionClosed:
-            pass
+            yield expiry
         finally:
-            if conn.expiry_timer is not None:
-                conn.expiry_timer.cancel()
+            expiry.cancel()
             self.metrics.subscriptions.dec(len(conn.subscriptions))
             self.hub.unregister(conn)
             self.records.closed(conn)
             log.info(
                 "client disconnected",
-                extra={
-                    "connection_id": conn.connection_id,
-                    "code": ws.close_code,
-                },
+                extra={"connection_id": conn.connection_id, "code": conn.ws.close_code},
             )
 
     async def _authenticate(self, ws: ServerConnection) -> Identity | None:
@@ -265,111 +282,52 @@ class Gateway:
             return None
         except ConnectionClosed:
             return None
-        msg = parse_client_message(raw)
-        if not isinstance(msg, Auth):
-            await self._refuse(ws, "authenticate first")
+        found = authenticate(raw, self.verifier)
+        if isinstance(found, Close):
+            await self._refuse(ws, found.reason)
             return None
-        try:
-            return self.verifier.verify(msg.token)
-        except AuthError as exc:
-            await self._refuse(ws, str(exc))
-            return None
+        return found
 
     async def _refuse(self, ws: ServerConnection, reason: str) -> None:
         self.metrics.closes.labels(str(int(CloseCode.UNAUTHORIZED))).inc()
         log.info("client refused", extra={"reason": reason})
         await ws.close(CloseCode.UNAUTHORIZED, reason)
 
-    def _schedule_expiry(self, conn: ClientConnection) -> None:
-        if conn.expiry_timer is not None:
-            conn.expiry_timer.cancel()
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, conn.expires_at + self.verifier.leeway_s - time.time())
-        conn.expiry_timer = loop.call_later(
-            delay, conn.close, CloseCode.TOKEN_EXPIRED, "token expired"
-        )
+    async def _receive(self, conn: ClientConnection, expiry: ExpiryTimer, raw: str | bytes) -> None:
+        """Feed one client frame to the session and carry out its actions in order; a
+        resume is awaited, and the actions of its answer follow."""
+        before = len(conn.subscriptions)
+        for action in conn.session.receive(raw, time.time()):
+            if isinstance(action, Resume):
+                payloads = await self.hub.resume(conn, action.request)
+                self._apply(conn, expiry, conn.session.resumed(action.request, payloads))
+            else:
+                self._apply(conn, expiry, [action])
+        if changed := len(conn.subscriptions) - before:
+            self.metrics.subscriptions.inc(changed)
 
-    async def _on_frame(self, conn: ClientConnection, raw: str | bytes) -> None:
-        now = time.monotonic()
-        if not conn.bucket.allow(now):
-            conn.close(CloseCode.TOO_MANY, "too many messages")
-            return
-        conn.last_activity = time.time()
-        msg = parse_client_message(raw)
-        match msg:
-            case BadMessage():
-                conn.send_message(error_frame(msg.code, msg.message, msg.id))
-            case Ping():
-                conn.send_message(pong_frame(msg.id))
-            case Subscribe():
-                await self._subscribe(conn, msg)
-            case Unsubscribe():
-                before = len(conn.subscriptions)
-                conn.subscriptions.remove(msg.task_key)
-                if msg.all:
-                    conn.subscriptions.clear()
-                self.metrics.subscriptions.dec(before - len(conn.subscriptions))
-                self.records.touched(conn)
-                conn.send_message(unsubscribed_frame(msg))
-            case Refresh():
-                self._refresh(conn, msg)
-            case Auth():
-                conn.send_message(
-                    error_frame("already_authenticated", "already authenticated", msg.id)
-                )
+    def _apply(self, conn: ClientConnection, expiry: ExpiryTimer, effects: list[Effect]) -> None:
+        for effect in effects:
+            match effect:
+                case Send():
+                    conn.send_message(effect.payload)
+                case Replay():
+                    self._replay(conn, effect.payloads)
+                case Close():
+                    conn.close(effect.code, effect.reason)
+                case Touch():
+                    self.records.touched(conn)
+                case ExpireAt():
+                    expiry.arm(effect.deadline)
 
-    async def _subscribe(self, conn: ClientConnection, msg: Subscribe) -> None:
-        subs = conn.subscriptions
-        key = msg.task_key
-        is_new = (not subs.all) if key is None else key not in subs.tasks
-        if is_new and len(subs) >= self.settings.max_subscriptions:
-            conn.send_message(
-                error_frame("too_many_subscriptions", "subscription limit reached", msg.id)
-            )
-            return
-        if msg.since is None:
-            subs.add(key)
-            self._subscribed(conn, is_new)
-            conn.send_message(subscribed_frame(msg))
-            return
-        frames = await self.hub.resume(conn, msg)
-        if conn.closing:
-            return
-        subs.add(key)
-        self._subscribed(conn, is_new)
-        if frames is None:
-            conn.send_message(resync_required_frame(msg))
-            conn.send_message(subscribed_frame(msg, recovered=False))
-            return
-        conn.send_message(subscribed_frame(msg, recovered=True, replayed=len(frames)))
+    def _replay(self, conn: ClientConnection, payloads: list[bytes]) -> None:
         sent = 0
-        for frame in frames:
-            if not conn.send_message(frame):
+        for payload in payloads:
+            if not conn.send_message(payload):
                 break
             sent += 1
         self.metrics.messages_sent.inc(sent)
-        self.metrics.bytes_sent.inc(sum(len(f) for f in frames[:sent]))
-
-    def _subscribed(self, conn: ClientConnection, is_new: bool) -> None:
-        if is_new:
-            self.metrics.subscriptions.inc()
-        self.records.touched(conn)
-
-    def _refresh(self, conn: ClientConnection, msg: Refresh) -> None:
-        try:
-            identity = self.verifier.verify(msg.token)
-        except AuthError as exc:
-            conn.send_message(error_frame("refresh_refused", str(exc), msg.id))
-            return
-        if identity.user_id != conn.user_id:
-            log.warning(
-                "refresh for another user refused", extra={"connection_id": conn.connection_id}
-            )
-            conn.send_message(error_frame("refresh_refused", "token is for another user", msg.id))
-            return
-        conn.expires_at = identity.expires_at
-        self._schedule_expiry(conn)
-        conn.send_message(refreshed_frame(msg.id, identity.expires_at))
+        self.metrics.bytes_sent.inc(sum(len(p) for p in payloads[:sent]))
 
     # -- shutdown ------------------------------------------------------------------------
 

@@ -75,7 +75,9 @@ class Service:
         bridge = Bridge(
             slots=slots, shares=shares, ack_ahead=s.ack_ahead, route=dispatcher.route_round
         )
-        records = ConnectionRecords(state, replica=s.replica_id, ttl_s=s.connection_ttl_s)
+        records = ConnectionRecords(
+            state, hub.registry, replica=s.replica_id, ttl_s=s.connection_ttl_s
+        )
         verifier = TokenVerifier(
             algorithms=s.jwt_algorithms,
             key=s.jwt_key,

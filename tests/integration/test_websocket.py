@@ -199,3 +199,30 @@ async def test_connection_records_are_written_and_removed(stack: ServiceProcess)
         assert record["subscriptions"] == ["*"]
         assert {"replica", "connected_at", "last_activity"} <= record.keys()
     wait_until(lambda: stack.sidecar.get_state(key) is None, 5, message="record not removed")
+
+
+async def test_a_dropped_connection_leaves_no_registration_record_or_subscription(
+    stack: ServiceProcess,
+) -> None:
+    """A client whose TCP connection vanishes (no close frame) is cleaned up once: it
+    leaves the gauges and the state store as they were before it came."""
+    from tests.integration.harness import wait_until
+
+    connections = stack.metric("realtime_sync_connections")
+    subscriptions = stack.metric("realtime_sync_subscriptions")
+    async with stack.client("dropped-user") as client:
+        await client.send({"type": "subscribe", "taskId": 5, "id": 1})
+        assert (await client.next())["type"] == "subscribed"
+        key = f"connection:{client.connection_id}"
+        wait_until(lambda: stack.sidecar.get_state(key) is not None, 5, message="no record")
+        assert stack.metric("realtime_sync_subscriptions") >= subscriptions + 2
+        client.ws.transport.abort()
+    wait_until(
+        lambda: (
+            stack.metric("realtime_sync_connections") <= connections
+            and stack.metric("realtime_sync_subscriptions") <= subscriptions
+        ),
+        10,
+        message="gauges not back",
+    )
+    wait_until(lambda: stack.sidecar.get_state(key) is None, 5, message="record not removed")

@@ -80,6 +80,7 @@ def test_the_core_package_has_its_modules() -> None:
         "ratelimit",
         "outbox",
         "outcomes",
+        "session",
     } <= names
 
 
