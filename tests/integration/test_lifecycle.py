@@ -17,11 +17,17 @@ from google.protobuf import empty_pb2
 from websockets.exceptions import ConnectionClosed
 
 from tests.integration.conftest import ServiceProcess, running_stack
-from tests.integration.harness import wait_until
+from tests.integration.harness import inbound_retry, wait_until
 
 Empty: Any = empty_pb2.Empty  # type: ignore[attr-defined] # generated at import time
 
-FAST_RETRY = ["--retry-initial-s", "0.2", "--retry-max-interval-s", "0.5", "--max-retries", "-1"]
+FAST_RETRY = inbound_retry(
+    "lifecycle-fast",
+    policy="exponential",
+    initialInterval="200ms",
+    maxInterval="500ms",
+    maxRetries=-1,
+)
 
 
 def replies(stack: ServiceProcess, outcome: str) -> int:
