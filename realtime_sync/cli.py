@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -71,11 +72,19 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     env.setdefault("WS_PORT", "8080")
     env.setdefault("LOG_FORMAT", "text")
     env["BOARD"] = "true"
-    sidecar = subprocess.Popen([sys.executable, "-m", "realtime_sync.devsidecar"], env=env)
+    # As `dapr run -f dapr.yaml`: the shipped resources (resiliency) and app health checks.
+    sidecar_args = ["--enable-app-health-check"]
+    if Path("components").is_dir():
+        sidecar_args += ["--resources-path", "components"]
+    sidecar = subprocess.Popen(  # noqa: S603 - our interpreter, our module, fixed flags
+        [sys.executable, "-m", "realtime_sync.devsidecar", *sidecar_args], env=env
+    )
     service: subprocess.Popen[bytes] | None = None
     demo: subprocess.Popen[bytes] | None = None
     try:
-        if not _wait_http(f"http://127.0.0.1:{env['DAPR_HTTP_PORT']}/v1.0/healthz", 15):
+        # /v1.0/healthz waits for the app (as daprd's does); the APIs answer before that.
+        sidecar_url = f"http://127.0.0.1:{env['DAPR_HTTP_PORT']}/v1.0/healthz/outbound"
+        if not _wait_http(sidecar_url, 15):
             return _fail("the dev sidecar did not start (see its log above)")
         service = subprocess.Popen([sys.executable, "-m", "realtime_sync", "serve"], env=env)
         ws_port = env["WS_PORT"]

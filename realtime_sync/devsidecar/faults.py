@@ -33,11 +33,18 @@ class StateFaults:
         self._cond = threading.Condition()
         self._fault: StateFault | None = None
         self._delay_s = DEFAULT_SLOW_S
+        self._waiting = 0
 
     @property
     def current(self) -> StateFault | None:
         with self._cond:
             return self._fault
+
+    @property
+    def waiting(self) -> int:
+        """State calls being slowed down right now."""
+        with self._cond:
+            return self._waiting
 
     def set(self, fault: StateFault | None, delay_s: float = DEFAULT_SLOW_S) -> None:
         with self._cond:
@@ -50,7 +57,11 @@ class StateFaults:
         """Return if the store works; else wait (for ``hang``) and raise UNAVAILABLE."""
         with self._cond:
             if self._fault is StateFault.SLOW:
-                self._cond.wait_for(lambda: self._fault is not StateFault.SLOW, self._delay_s)
+                self._waiting += 1
+                try:
+                    self._cond.wait_for(lambda: self._fault is not StateFault.SLOW, self._delay_s)
+                finally:
+                    self._waiting -= 1
                 return
             if self._fault is StateFault.HANG:
                 # A little past the deadline, so the caller sees its own deadline expire first.

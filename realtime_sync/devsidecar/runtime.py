@@ -188,6 +188,7 @@ class SidecarRuntime:
             "app_id": self.config.app_id,
             "delivery": self.config.delivery.value,
             "state_fault": fault.value if fault else None,
+            "state_calls_slowed": self.faults.waiting,
             **stats,
             "instances": {
                 instance.channel.label: instance.describe(replies.get(instance.channel.label, {}))
