@@ -197,9 +197,10 @@ class SidecarRuntime:
         }
 
     def ready(self) -> bool:
-        """``/v1.0/healthz``: every app instance answered on its port and had its
-        subscriptions loaded (or failed to)."""
-        return all(instance.state != "waiting" for instance in self.instances)
+        """``/v1.0/healthz``: the app answered on its port and had its subscriptions loaded
+        (or failed to). With several app instances (several daprd in one), the first one
+        attached makes it ready, so the instances can start one after another."""
+        return any(instance.state != "waiting" for instance in self.instances)
 
     def topic_messages(self, topic: str) -> list[dict[str, object]]:
         return self.broker.topic_messages(topic)

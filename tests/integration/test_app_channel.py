@@ -85,3 +85,24 @@ async def test_the_app_stays_healthy_until_its_last_state_write() -> None:
                 assert stack.sidecar.get_state(key) is None  # written before unhealthy
                 assert probes > 1  # it answered healthy while draining
         assert stack.proc.wait(timeout=30) == 0
+
+
+async def test_readyz_recovers_after_an_app_restart_when_the_sidecar_wants_a_token() -> None:
+    """daprd calls ListTopicSubscriptions once per sidecar life, so a restarted app learns
+    that it is subscribed from GET /v1.0/metadata, which daprd refuses without
+    `dapr-api-token` (only the healthz endpoints are exempt: dapr/dapr
+    pkg/api/http/middlewares.go isRouteExcludedFromAPITokenAuth)."""
+    token = "dapr-api-token-for-tests-0123456789"
+    with running_stack(
+        "readyz-token",
+        service_env_extra={"DAPR_API_TOKEN": token},
+        sidecar_env={"DAPR_API_TOKEN": token},
+    ) as stack:
+        assert stack.stop() == 0
+        assert stack.sidecar.stats()["instances"]  # the sidecar lives on, listed once
+        stack.start()  # waits until /readyz answers 200
+        [instance] = stack.sidecar.stats()["instances"].values()
+        assert instance["list_subscriptions_calls"] == 1
+        async with stack.client("token-user") as client:
+            stack.publish({"type": "TASK_ADDED", "user_id": "token-user", "task_id": 1})
+            assert len(await client.updates(1)) == 1
