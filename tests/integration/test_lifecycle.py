@@ -232,15 +232,29 @@ async def test_the_app_token_is_checked_on_exactly_the_calls_daprd_signs() -> No
                 listed = stub.ListTopicSubscriptions(Empty(), timeout=5)
                 assert [s.topic for s in listed.subscriptions] == ["task-updates"]
                 health_probe(channel)
+                stub.ListInputBindings(Empty(), timeout=5)  # unsigned too (bindings)
                 refused = orjson.dumps({"type": "TASK_ADDED", "user_id": "owner-tok", "task_id": 2})
                 shares = common_pb2.InvokeRequest(
                     method="set_task_shares",
                     data=AnyMessage(value=b'{"task_id": 2, "user_ids": ["intruder"]}'),
                     content_type="application/json",
                 )
+                bulk = appcallback_pb2.TopicEventBulkRequest(
+                    id="tok-bulk",
+                    entries=[
+                        appcallback_pb2.TopicEventBulkRequestEntry(
+                            entry_id="1", bytes=refused, content_type="application/json"
+                        )
+                    ],
+                    topic="task-updates",
+                    pubsub_name="pubsub",
+                )
+                alpha = appcallback_pb2_grpc.AppCallbackAlphaStub(channel)
                 for metadata in ((), (("dapr-api-token", "wrong"),)):
                     for call, request in (
                         (stub.OnTopicEvent, topic_event(refused, "tok-refused")),
+                        (stub.OnBulkTopicEvent, bulk),
+                        (alpha.OnBulkTopicEventAlpha1, bulk),
                         (stub.OnInvoke, shares),
                     ):
                         with pytest.raises(grpc.RpcError) as info:
