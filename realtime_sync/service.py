@@ -145,7 +145,7 @@ class Service:
         self, gateway: Gateway, subscriber: Subscriber, hub: Hub, records: ConnectionRecords
     ) -> None:
         """Each step is bounded, and all of them together by DRAIN_BUDGET_S, so the process
-        exits well inside Kubernetes' 30 s grace period whatever hangs."""
+        exits well inside the pod's grace period whatever hangs (deploy/kubernetes budget)."""
         started = time.monotonic()
         deadline = started + DRAIN_BUDGET_S
 
