@@ -132,7 +132,9 @@ class _OnPool:
     (tests/integration/test_app_channel.py pins this with grpcio's installed version).
     """
 
-    def __init__(self, behaviour: Callable[[Any, grpc.ServicerContext], Any], pool: Any) -> None:
+    def __init__(
+        self, behaviour: Callable[[Any, grpc.ServicerContext], Any], pool: ThreadPoolExecutor
+    ) -> None:
         self._behaviour = behaviour
         self.experimental_thread_pool = pool
 
