@@ -212,8 +212,11 @@ class DevSidecar:
         self._broker.stop_delivering(DRAIN_MAX_S)
 
         def app_unhealthy() -> bool:
-            # Without health checks daprd never sees the app unhealthy: it waits it out.
-            return self.config.app_health_check and not any(i.healthy for i in self._instances)
+            # daprd's isAppHealthy starts closed (= unhealthy) and opens once the app is
+            # healthy: without health checks, when it first answered on its port. So an app
+            # that never came up ends the wait at once; a healthy one without health checks
+            # is never seen unhealthy, and daprd waits the whole duration.
+            return not any(i.healthy for i in self._instances)
 
         with self._health_changed:
             if self._health_changed.wait_for(app_unhealthy, timeout=duration_s):
