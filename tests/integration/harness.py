@@ -248,19 +248,24 @@ class SidecarProcess:
         return reply.status
 
 
-def inbound_retry(name: str, **policy: str | float) -> list[str]:
+def inbound_retry(name: str, *, timeout: str | None = None, **policy: str | float) -> list[str]:
     """Sidecar flags for a resources folder whose resiliency.yaml gives the pub/sub
     component this inbound retry policy (Resiliency field names, e.g. ``policy="constant",
-    duration="50ms", maxRetries=2``); the folder lives under test-artifacts/resources."""
+    duration="50ms", maxRetries=2``) and, optionally, an inbound timeout (``"300ms"``);
+    the folder lives under test-artifacts/resources."""
     folder = RESOURCES_ROOT / name
     folder.mkdir(parents=True, exist_ok=True)
+    inbound = {"retry": "inbound"} | ({"timeout": "inbound"} if timeout else {})
     resiliency = {
         "apiVersion": "dapr.io/v1alpha1",
         "kind": "Resiliency",
         "metadata": {"name": name},
         "spec": {
-            "policies": {"retries": {"inbound": dict(policy)}},
-            "targets": {"components": {"pubsub": {"inbound": {"retry": "inbound"}}}},
+            "policies": {
+                "retries": {"inbound": dict(policy)},
+                "timeouts": {"inbound": timeout} if timeout else {},
+            },
+            "targets": {"components": {"pubsub": {"inbound": inbound}}},
         },
     }
     # JSON is YAML: no YAML writer needed here.

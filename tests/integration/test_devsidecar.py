@@ -711,3 +711,32 @@ def test_cli_help_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
     assert "concurrency" in capsys.readouterr().err
     assert main(["--grpc-port", "http"]) == 2
     assert main(["--delivery", "fanout"]) == 2
+    assert main(["--dapr-block-shutdown-duration", "10"]) == 2  # a Go duration: 10s
+    assert "duration" in capsys.readouterr().err
+    assert main(["--app-health-probe-timeout", "6000"]) == 2  # > the 5 s interval
+    assert "probe timeout" in capsys.readouterr().err
+
+
+def test_a_resources_folder_daprd_would_refuse_stops_the_sidecar_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "resiliency.yaml").write_text(
+        "kind: Resiliency\nmetadata: {name: r}\nspec:\n  targets:\n    components:\n"
+        "      pubsub: {inbound: {retry: nowhere}}\n"
+    )
+    assert main(["--resources-path", str(tmp_path)]) == 2
+    assert "unknown retry policy nowhere" in capsys.readouterr().err
+    assert main(["--resources-path", str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_the_inbound_timeout_cuts_a_delivery_and_dead_letters_it() -> None:
+    """A resiliency inbound timeout is the only deadline daprd puts on OnTopicEvent."""
+    args = inbound_retry("devsidecar-timeout", policy="constant", maxRetries=0, timeout="300ms")
+    with (
+        fake_app({"slow": "slow-dlq"}, replies={"slow": ["block"]}) as app,
+        running_sidecar(app_ports=[app.port], extra_args=args) as sidecar,
+    ):
+        assert sidecar.publish("slow", {"n": 1}) == 204
+        wait_settled(sidecar, "slow", error=1, dead_lettered=1)
+        assert len(app.received("slow")) == 1
