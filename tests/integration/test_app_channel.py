@@ -54,6 +54,10 @@ async def test_health_probes_answer_fast_while_every_handler_waits_on_a_slow_sto
                 assert in_flight >= APP_WORKERS, in_flight
             print(f"health probe latency under load: max {max(latencies) * 1e3:.1f} ms")
             assert max(latencies) < PROBE_TIMEOUT_S
+            # A failing store is not "cannot serve": events get RETRY, sockets stay up, and
+            # an unhealthy verdict would only make daprd stop every subscription.
+            stack.sidecar.set_fault("unavailable")
+            health_probe(channel, timeout=PROBE_TIMEOUT_S)
             stack.sidecar.set_fault(None)
             for call in calls:
                 call.result(timeout=60)
