@@ -164,10 +164,15 @@ def run_dev(*, demo: bool, demo_rate: float) -> int:
     try:
         with DevProcesses(dev_environment(os.environ)) as procs:
             env = procs.env
-            sidecar = procs.start("realtime_sync.devsidecar")
+            # As `dapr run -f dapr.yaml`: the shipped resources (resiliency) and app health
+            # checks. /v1.0/healthz waits for the app (as daprd's does); the APIs answer first.
+            sidecar_args = ["--enable-app-health-check"]
+            if Path("components").is_dir():
+                sidecar_args += ["--resources-path", "components"]
+            sidecar = procs.start("realtime_sync.devsidecar", *sidecar_args)
             procs.wait_ready(
                 sidecar,
-                f"http://127.0.0.1:{env['DAPR_HTTP_PORT']}/v1.0/healthz",
+                f"http://127.0.0.1:{env['DAPR_HTTP_PORT']}/v1.0/healthz/outbound",
                 "the dev sidecar",
                 15,
             )

@@ -1,9 +1,13 @@
 """Wiring: one event loop, every long-lived task under one TaskGroup, a graceful drain.
 
 Shutdown (SIGTERM/SIGINT): /readyz 503 and new handshakes refused at once; new events are
-answered RETRY; the gRPC server stops with a grace period so in-flight handlers finish;
-the hand-off queue is routed to empty; clients are closed with 1001 over a jittered
-window; connection records are deleted; the process exits.
+answered RETRY; the deliveries in flight finish; the hand-off queue is routed to empty;
+clients are closed with 1001 over a jittered window; connection records are deleted; only
+then does the app report unhealthy and stop its gRPC server, and the process exits.
+
+The order matters under a real daprd: its block-shutdown wait (which keeps the Dapr APIs up
+for the draining app) ends as soon as the app's health probe fails (dapr/dapr
+pkg/runtime/runtime.go Run), so the app stays healthy until its last state write.
 """
 
 from __future__ import annotations
@@ -124,7 +128,9 @@ class Service:
         from dapr.clients.http.helpers import get_api_url  # noqa: PLC0415
 
         self._api_url = get_api_url()
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=SIDECAR_PROBE_S))
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=SIDECAR_PROBE_S), headers=_dapr_api_headers()
+        )
         try:
             async with asyncio.TaskGroup() as tg:
                 background += [
@@ -152,7 +158,7 @@ class Service:
         records: ConnectionRecords,
     ) -> None:
         """Each step is bounded, and all of them together by DRAIN_BUDGET_S, so the process
-        exits well inside Kubernetes' 30 s grace period whatever hangs."""
+        exits well inside the pod's grace period whatever hangs (deploy/kubernetes budget)."""
         started = time.monotonic()
         deadline = started + DRAIN_BUDGET_S
 
@@ -162,7 +168,11 @@ class Service:
         log.info("draining: refusing new handshakes, answering new events RETRY")
         self.readiness.draining = True
         subscriber.draining = True
-        await asyncio.to_thread(subscriber.stop, GRPC_GRACE_S)
+        # The gRPC server keeps serving (and the health probe keeps answering healthy) until
+        # the last state write below: daprd stops delivering on SIGTERM, and its Dapr APIs
+        # stay up only while the app is healthy (block-shutdown).
+        if not await asyncio.to_thread(subscriber.in_flight.wait_idle, left(GRPC_GRACE_S)):
+            log.warning("deliveries still in flight after the gRPC grace period")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(left(3)):
                 await bridge.wait_idle()
@@ -184,6 +194,8 @@ class Service:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(left(2)):
                 await records.remove_all()
+        # The last state write is done: report unhealthy (daprd may now shut down) and stop.
+        await asyncio.to_thread(subscriber.stop, left(1))
         log.info("drained", extra={"seconds": round(time.monotonic() - started, 2)})
 
     async def _connect_state(
@@ -241,6 +253,17 @@ class Service:
             if healthy and not self.readiness.subscribed and await self._listed_by_sidecar():
                 self.readiness.subscribed = True
             await asyncio.sleep(SIDECAR_PROBE_S)
+
+
+def _dapr_api_headers() -> dict[str, str]:
+    """`dapr-api-token` for our own HTTP calls to the sidecar when DAPR_API_TOKEN is set:
+    daprd refuses every HTTP API call without it except GET /v1.0/healthz and
+    /v1.0/healthz/outbound (dapr/dapr pkg/api/http/middlewares.go
+    APITokenAuthMiddleware). The SDK's DaprClient adds it to its own calls."""
+    from dapr.conf import settings as dapr_settings  # noqa: PLC0415 - reads the env lazily
+
+    token = dapr_settings.DAPR_API_TOKEN
+    return {"dapr-api-token": token} if token else {}
 
 
 def run_service(settings: Settings) -> int:

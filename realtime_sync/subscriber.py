@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import hmac
 import logging
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -29,8 +30,27 @@ from realtime_sync.metrics import Metrics
 from realtime_sync.state import ConflictError, ShareLists, StateUnavailable
 
 log = logging.getLogger(__name__)
-LIST_SUBSCRIPTIONS: Final = "/dapr.proto.runtime.v1.AppCallback/ListTopicSubscriptions"
-ON_INVOKE: Final = "/dapr.proto.runtime.v1.AppCallback/OnInvoke"
+APP_CALLBACK: Final = "/dapr.proto.runtime.v1.AppCallback/"
+LIST_SUBSCRIPTIONS: Final = APP_CALLBACK + "ListTopicSubscriptions"
+ON_INVOKE: Final = APP_CALLBACK + "OnInvoke"
+HEALTH_CHECK: Final = "/dapr.proto.runtime.v1.AppCallbackHealthCheck/HealthCheck"
+UNSIGNED_METHODS: Final = frozenset(
+    {LIST_SUBSCRIPTIONS, APP_CALLBACK + "ListInputBindings", HEALTH_CHECK}
+)
+"""The calls daprd makes WITHOUT `dapr-api-token`, even when APP_API_TOKEN is set
+(dapr/dapr pkg/runtime/pubsub/subscriptions.go GetSubscriptionsGRPC,
+pkg/runtime/processor/binding/send.go getSubscribedBindingsGRPC,
+pkg/channel/grpc/grpc_channel.go HealthProbe). Every other call must carry the token:
+daprd signs OnTopicEvent, OnBulkTopicEvent(Alpha1), OnInvoke, OnBindingEvent and
+OnJobEvent(Alpha1) (AddAppTokenToContext; since daprd 1.16.2), and proxied calls."""
+EVENT_METHODS: Final = frozenset(
+    {
+        APP_CALLBACK + "OnTopicEvent",
+        APP_CALLBACK + "OnBulkTopicEvent",
+        "/dapr.proto.runtime.v1.AppCallbackAlpha/OnBulkTopicEventAlpha1",
+    }
+)
+HEALTH_WORKERS: Final = 2
 MAX_GRPC_MESSAGE: Final = 4 * 1024 * 1024
 
 
@@ -78,39 +98,108 @@ def _abort(code: grpc.StatusCode, details: str) -> Any:
     return grpc.unary_unary_rpc_method_handler(refuse)
 
 
-class AppChannelInterceptor(grpc.ServerInterceptor):
-    """Checks daprd's `dapr-api-token` (constant time), notes ListTopicSubscriptions,
-    and maps service-invocation errors to gRPC status codes."""
+class InFlight:
+    """Counts the event deliveries being handled, so a drain can wait for them to end."""
 
-    def __init__(self, app_api_token: str, on_subscriptions_listed: Callable[[], None]) -> None:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._count = 0
+
+    def __enter__(self) -> None:
+        with self._cond:
+            self._count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._count -= 1
+            if not self._count:
+                self._cond.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """True once no delivery is being handled; False if that took over timeout_s."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._count, timeout_s)
+
+
+class _OnPool:
+    """A method behaviour that grpc runs on its own thread pool, not the server's.
+
+    grpc's sync server picks the pool per call (grpc/_server.py
+    `_select_thread_pool_for_behavior`): a behaviour with an `experimental_thread_pool`
+    attribute holding a ThreadPoolExecutor runs there. The health probe uses it so it is
+    never queued behind event handlers that all wait on a slow state store: daprd gives the
+    probe 500 ms, and three misses stop every subscription
+    (tests/integration/test_app_channel.py pins this with grpcio's installed version).
+    """
+
+    def __init__(
+        self, behaviour: Callable[[Any, grpc.ServicerContext], Any], pool: ThreadPoolExecutor
+    ) -> None:
+        self._behaviour = behaviour
+        self.experimental_thread_pool = pool
+
+    def __call__(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._behaviour(request, context)
+
+
+class AppChannelInterceptor(grpc.ServerInterceptor):
+    """The app channel's gatekeeper: checks daprd's `dapr-api-token` (constant time) on
+    every call daprd signs, lets the unsigned ones through, answers the health probe on its
+    own pool, counts event deliveries in flight, notes ListTopicSubscriptions, and maps
+    service-invocation errors to gRPC status codes."""
+
+    def __init__(
+        self,
+        app_api_token: str,
+        on_subscriptions_listed: Callable[[], None],
+        *,
+        health_pool: ThreadPoolExecutor,
+        in_flight: InFlight,
+    ) -> None:
         self._token = app_api_token.encode()
         self._on_listed = on_subscriptions_listed
+        self._health_pool = health_pool
+        self._in_flight = in_flight
+
+    def _signed(self, details: grpc.HandlerCallDetails) -> bool:
+        sent = ""
+        for key, value in details.invocation_metadata or ():
+            if key == "dapr-api-token":
+                sent = value if isinstance(value, str) else value.decode(errors="replace")
+        return hmac.compare_digest(sent.encode(), self._token)
 
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Any],
         details: grpc.HandlerCallDetails,
     ) -> Any:
-        if self._token:
-            sent = ""
-            for key, value in details.invocation_metadata or ():
-                if key == "dapr-api-token":
-                    sent = value if isinstance(value, str) else value.decode(errors="replace")
-            if not hmac.compare_digest(sent.encode(), self._token):
-                return _abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong dapr-api-token")
+        method = details.method
+        if self._token and method not in UNSIGNED_METHODS and not self._signed(details):
+            return _abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong dapr-api-token")
         handler = continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
-        if details.method == LIST_SUBSCRIPTIONS:
-            return self._wrap(handler, after=self._on_listed)
-        if details.method == ON_INVOKE:
-            return self._wrap(handler)
+        if method == HEALTH_CHECK:
+            return _replace(handler, _OnPool(handler.unary_unary, self._health_pool))
+        if method in EVENT_METHODS:
+            return _replace(handler, self._counted(handler.unary_unary))
+        if method == LIST_SUBSCRIPTIONS:
+            return _replace(handler, self._mapped(handler.unary_unary, after=self._on_listed))
+        if method == ON_INVOKE:
+            return _replace(handler, self._mapped(handler.unary_unary))
         return handler
 
-    @staticmethod
-    def _wrap(handler: Any, after: Callable[[], None] | None = None) -> Any:
-        inner = handler.unary_unary
+    def _counted(self, inner: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            with self._in_flight:
+                return inner(request, context)
 
+        return call
+
+    @staticmethod
+    def _mapped(
+        inner: Callable[[Any, grpc.ServicerContext], Any], after: Callable[[], None] | None = None
+    ) -> Any:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             try:
                 response = inner(request, context)
@@ -122,11 +211,15 @@ class AppChannelInterceptor(grpc.ServerInterceptor):
                 after()
             return response
 
-        return grpc.unary_unary_rpc_method_handler(
-            call,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return call
+
+
+def _replace(handler: Any, behaviour: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+    return grpc.unary_unary_rpc_method_handler(
+        behaviour,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 class Subscriber:
@@ -150,11 +243,21 @@ class Subscriber:
         self._metrics = metrics
         self._loop = loop
         self.draining = False
+        self.serving = True
+        self.in_flight = InFlight()
+        self._health_pool = ThreadPoolExecutor(HEALTH_WORKERS, thread_name_prefix="dapr-health")
         self.app = App(
             thread_pool=ThreadPoolExecutor(
                 max_workers=settings.app_workers, thread_name_prefix="dapr-app"
             ),
-            interceptors=[AppChannelInterceptor(settings.app_api_token, on_subscriptions_listed)],
+            interceptors=[
+                AppChannelInterceptor(
+                    settings.app_api_token,
+                    on_subscriptions_listed,
+                    health_pool=self._health_pool,
+                    in_flight=self.in_flight,
+                )
+            ],
             options=[
                 ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
                 ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
@@ -180,12 +283,23 @@ class Subscriber:
         return self.port
 
     def stop(self, grace_s: float) -> None:
-        """Stop accepting calls; let in-flight handlers finish within grace_s."""
+        """Report unhealthy, stop accepting calls; let in-flight calls finish within grace_s."""
+        self.serving = False
         self.app._server.stop(grace_s).wait()  # noqa: SLF001 - App.stop() is stop(0)
+        self._health_pool.shutdown(wait=False)
 
     def _health(self) -> None:
-        if self.draining:
-            raise RuntimeError("draining")
+        """daprd's app health probe: healthy while the service can serve, draining included.
+
+        daprd's block-shutdown wait ends as soon as the app reports unhealthy (dapr/dapr
+        pkg/runtime/runtime.go Run), so a draining service stays healthy until its last
+        state write (see Service._drain); unhealthy only once it stopped serving or its
+        event loop is gone. Never waits on anything: it runs on its own pool.
+        """
+        if not self.serving:
+            raise RuntimeError("stopped serving")
+        if self._loop.is_closed() or not self._loop.is_running():
+            raise RuntimeError("the event loop is not running")
 
     # -- pub/sub -------------------------------------------------------------------------
 

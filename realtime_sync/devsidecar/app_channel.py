@@ -2,12 +2,20 @@
 
 * :meth:`AppChannel.wait_until_listening`: dial the app port every 100 ms until it accepts
   TCP (daprd's ``blockUntilAppIsReady``).
-* :meth:`AppChannel.list_subscriptions`: ``ListTopicSubscriptions(Empty)``, called once;
-  ``UNIMPLEMENTED`` means no subscriptions.
+* :meth:`AppChannel.list_subscriptions`: ``ListTopicSubscriptions(Empty)``, called once,
+  **unsigned**; ``UNIMPLEMENTED`` means no subscriptions.
+* :meth:`AppChannel.probe_health`: ``AppCallbackHealthCheck/HealthCheck``, **unsigned**,
+  with the probe timeout (daprd's ``HealthProbe``).
 * :meth:`AppChannel.deliver`: one unary ``OnTopicEvent`` per message, with the metadata
   daprd sends (``pubsubname``, ``traceparent``, ``dapr-api-token`` when ``APP_API_TOKEN`` is
-  set) and the reply mapped to an :class:`~.broker.Outcome`.
-* :meth:`AppChannel.invoke`: ``OnInvoke`` for service invocation.
+  set) and the reply mapped to an :class:`~.broker.Outcome`; a deadline only when the
+  inbound resiliency policy has a timeout.
+* :meth:`AppChannel.invoke`: ``OnInvoke`` for service invocation (signed).
+
+daprd signs only the calls that carry work (``AddAppTokenToContext`` in dapr/dapr
+``pkg/runtime/subscription/postman/grpc/grpc.go`` and ``pkg/channel/grpc/grpc_channel.go``),
+never ``ListTopicSubscriptions`` (``pkg/runtime/pubsub/subscriptions.go``
+``GetSubscriptionsGRPC``) nor the health probe (``grpc_channel.go`` ``HealthProbe``).
 """
 
 from __future__ import annotations
@@ -27,8 +35,8 @@ from .wellknown import AnyMessage, Empty, status_code
 
 log = logging.getLogger(__name__)
 
-DELIVERY_TIMEOUT_S = 60.0
-LIST_SUBSCRIPTIONS_ATTEMPTS = 5
+LIST_SUBSCRIPTIONS_ATTEMPTS = 4  # daprd's BuiltInInitializationRetries: 1 + 3 retries
+HEALTH_CHECK = "/dapr.proto.runtime.v1.AppCallbackHealthCheck/HealthCheck"
 _CHANNEL_OPTIONS = [
     # Reconnect quickly after an app restart instead of grpc's default backoff (up to 120 s).
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -51,7 +59,7 @@ class AppChannel:
         *,
         pubsub_name: str,
         app_api_token: str | None,
-        delivery_timeout_s: float = DELIVERY_TIMEOUT_S,
+        delivery_timeout_s: float | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -62,14 +70,28 @@ class AppChannel:
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._stub = appcallback_pb2_grpc.AppCallbackStub(self._channel)
+        self._health = self._channel.unary_unary(
+            HEALTH_CHECK,
+            request_serializer=Empty.SerializeToString,
+            response_deserializer=appcallback_pb2.HealthCheckResponse.FromString,
+        )
         self._reachable = True
         self._state_lock = threading.Lock()
 
-    def _metadata(self, **extra: str) -> list[tuple[str, str]]:
+    def _signed(self, **extra: str) -> list[tuple[str, str]]:
+        """Metadata for a call daprd signs: ``extra`` plus ``dapr-api-token`` when set."""
         pairs = [(key, value) for key, value in extra.items() if value]
         if self._token:
             pairs.append(("dapr-api-token", self._token))
         return pairs
+
+    def probe_health(self, timeout_s: float) -> bool:
+        """One app health probe: True if ``HealthCheck`` answered OK within ``timeout_s``."""
+        try:
+            self._health(Empty(), timeout=timeout_s)
+        except grpc.RpcError:
+            return False
+        return True
 
     def wait_until_listening(self, stop: threading.Event) -> bool:
         """Block until the app port accepts TCP (True) or ``stop`` is set (False)."""
@@ -91,9 +113,7 @@ class AppChannel:
         """The app's subscriptions; None if it could not be asked."""
         for attempt in range(1, LIST_SUBSCRIPTIONS_ATTEMPTS + 1):
             try:
-                reply = self._stub.ListTopicSubscriptions(
-                    Empty(), metadata=self._metadata(), timeout=10.0
-                )
+                reply = self._stub.ListTopicSubscriptions(Empty(), timeout=10.0)
             except grpc.RpcError as exc:
                 code = status_code(exc)
                 if code == grpc.StatusCode.UNIMPLEMENTED:
@@ -124,7 +144,7 @@ class AppChannel:
             )
             return Outcome.ERROR
         traceparent = event.get("traceparent")
-        metadata = self._metadata(
+        metadata = self._signed(
             pubsubname=self._pubsub_name,
             traceparent=traceparent if isinstance(traceparent, str) else "",
         )
@@ -169,7 +189,7 @@ class AppChannel:
                 verb=_VERBS.get(verb.upper(), _VERBS["POST"]), querystring=query
             ),
         )
-        reply = self._stub.OnInvoke(request, metadata=self._metadata(), timeout=self._timeout)
+        reply = self._stub.OnInvoke(request, metadata=self._signed(), timeout=60.0)
         return bytes(reply.data.value), str(reply.content_type)
 
     def _set_reachable(self, reachable: bool) -> None:

@@ -10,9 +10,10 @@
   outcome                     what happens
   ==========================  =============================================================
   SUCCESS                     ack
-  RETRY / ERROR               redeliver after an exponential, jittered backoff; once the
-                              retry policy is exhausted: to the dead-letter topic if the
-                              subscription has one, else logged and dropped; ack
+  RETRY / ERROR               redeliver as the inbound retry policy of the loaded
+                              resiliency says; with no policy, or once it is exhausted: to
+                              the dead-letter topic if the subscription has one, else
+                              logged and dropped; ack
   DROP                        to the dead-letter topic if any; ack
   UNIMPLEMENTED               "non-retriable error" warning; ack (the message is lost)
   expired (``expiration``)    not delivered; to the dead-letter topic if any; ack
@@ -20,6 +21,8 @@
   ==========================  =============================================================
 
 * The dead-letter topic is an ordinary topic: the same CloudEvent is published to it.
+* An app instance whose health probe fails is *paused*: nothing is delivered to it (retries
+  wait too) until it is healthy again, as daprd stops and restarts its app subscriptions.
 """
 
 from __future__ import annotations
@@ -100,13 +103,14 @@ class _ConsumerGroup:
         name: str,
         topic: str,
         concurrency: int,
-        process: Callable[[_ConsumerGroup, _Delivery], None],
+        process: Callable[[_ConsumerGroup, _Delivery, Member], None],
     ) -> None:
         self.name = name
         self.topic = topic
         self._process = process
         self._cond = threading.Condition()
         self._members: list[Member] = []
+        self._paused: set[str] = set()
         self._turn = 0
         self._ready: deque[_Delivery] = deque()
         self._delayed: list[tuple[float, int, _Delivery]] = []
@@ -131,11 +135,22 @@ class _ConsumerGroup:
         with self._cond:
             return [m.instance for m in self._members]
 
-    def pick_member(self) -> Member:
+    def set_paused(self, instance: str, paused: bool) -> None:
         with self._cond:
-            member = self._members[self._turn % len(self._members)]
-            self._turn += 1
-            return member
+            if paused:
+                self._paused.add(instance)
+            else:
+                self._paused.discard(instance)
+            self._cond.notify_all()
+
+    def _pick_member(self) -> Member | None:
+        """The next active member, round-robin (called with the lock held)."""
+        active = [m for m in self._members if m.instance not in self._paused]
+        if not active:
+            return None
+        member = active[self._turn % len(active)]
+        self._turn += 1
+        return member
 
     def enqueue(self, message: Message) -> None:
         with self._cond:
@@ -170,7 +185,7 @@ class _ConsumerGroup:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _next(self) -> _Delivery | None:
+    def _next(self) -> tuple[_Delivery, Member] | None:
         with self._cond:
             while True:
                 if self._stopping:
@@ -179,14 +194,19 @@ class _ConsumerGroup:
                 while self._delayed and self._delayed[0][0] <= now:
                     self._ready.append(heapq.heappop(self._delayed)[2])
                 if self._ready:
-                    return self._ready.popleft()
+                    member = self._pick_member()
+                    if member is not None:
+                        return self._ready.popleft(), member
+                    self._cond.wait()  # every member paused: wait for set_paused
+                    continue
                 timeout = self._delayed[0][0] - now if self._delayed else None
                 self._cond.wait(timeout)
 
     def _work(self) -> None:
-        while (delivery := self._next()) is not None:
+        while (taken := self._next()) is not None:
+            delivery, member = taken
             try:
-                self._process(self, delivery)
+                self._process(self, delivery, member)
             except Exception:
                 # A bug here must not kill the worker silently: log it and retry later.
                 log.exception("delivery of a message on topic %s failed unexpectedly", self.topic)
@@ -199,7 +219,7 @@ class Broker:
     def __init__(
         self,
         *,
-        retry: RetryPolicy,
+        retry: RetryPolicy | None,
         concurrency: int,
         journal: Journal | None = None,
         retained_per_topic: int = RETAINED_PER_TOPIC,
@@ -216,6 +236,7 @@ class Broker:
         self._replies: dict[str, dict[str, Counter[str]]] = {}
         self._next_seq = 1
         self._stopped = False
+        self._no_new_groups = False
         self._jitter = random.Random()  # noqa: S311 - backoff jitter, not cryptography
 
     # --- publishing -------------------------------------------------------------------
@@ -249,7 +270,7 @@ class Broker:
         """Add ``member`` to the group; a new group starts with every unacked retained message."""
         topic = member.subscription.topic
         with self._lock:
-            if self._stopped:
+            if self._stopped or self._no_new_groups:
                 return
             group = self._groups.get((group_name, topic))
             if group is not None:
@@ -273,8 +294,7 @@ class Broker:
 
     # --- delivering -------------------------------------------------------------------
 
-    def _process(self, group: _ConsumerGroup, delivery: _Delivery) -> None:
-        member = group.pick_member()
+    def _process(self, group: _ConsumerGroup, delivery: _Delivery, member: Member) -> None:
         event = delivery.message.event
         topic = group.topic
         if is_expired(event):
@@ -317,15 +337,16 @@ class Broker:
                 self._finish(group, delivery, member, dead_letter=True)
             case _:
                 delivery.failures += 1
-                if not self._retry.exhausted(delivery.failures):
-                    base = self._retry.base_delay(delivery.failures)
-                    group.retry_later(delivery, base * self._jitter.uniform(0.75, 1.25))
+                retry = self._retry
+                if retry is not None and not retry.exhausted(delivery.failures):
+                    group.retry_later(delivery, retry.delay(delivery.failures, self._jitter))
                     return
                 log.warning(
-                    "message %s on topic %s failed %d time(s): retries exhausted",
+                    "message %s on topic %s failed %d time(s): %s",
                     message_id,
                     topic,
                     delivery.failures,
+                    "retries exhausted" if retry is not None else "no inbound retry policy",
                 )
                 if member.subscription.dead_letter_topic is None:
                     log.warning(
@@ -361,6 +382,13 @@ class Broker:
     def _count(self, instance: str, topic: str, counter: str) -> None:
         with self._lock:
             self._replies.setdefault(instance, {}).setdefault(topic, Counter())[counter] += 1
+
+    def set_paused(self, instance: str, paused: bool) -> None:
+        """Stop (or resume) delivering to one app instance, in every group it is in."""
+        with self._lock:
+            groups = list(self._groups.values())
+        for group in groups:
+            group.set_paused(instance, paused)
 
     # --- inspection, persistence, lifecycle -------------------------------------------
 
@@ -446,6 +474,18 @@ class Broker:
                     for seq in sorted(seqs & messages.keys())
                 )
             return records
+
+    def stop_delivering(self, grace_s: float) -> None:
+        """daprd's ``StopAllSubscriptionsForever`` at the start of block-shutdown: nothing new
+        is delivered; deliveries in flight finish (up to ``grace_s``) and their replies count."""
+        deadline = time.monotonic() + grace_s
+        with self._lock:
+            self._no_new_groups = True
+            groups = list(self._groups.values())
+        for group in groups:
+            group.stop()
+        for group in groups:
+            group.join(deadline)
 
     def stop(self, grace_s: float) -> None:
         """Stop the workers; unacked messages stay unacked (and journalled)."""

@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
-from .config import DeliveryMode, RetryPolicy, SidecarConfig
+from .config import DeliveryMode, SidecarConfig
+from .resources import go_duration_s, load_inbound_policy
 from .sidecar import DevSidecar
 
 log = logging.getLogger("realtime_sync.devsidecar")
@@ -28,14 +29,11 @@ def _port(text: str) -> int:
     return port
 
 
-def _seconds(text: str) -> float:
+def _duration(text: str) -> float:
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
-    return value
+        return go_duration_s(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _count(text: str) -> int:
@@ -96,22 +94,44 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         help="delivery workers per consumer group (default 10)",
     )
     add(
-        "--retry-initial-s",
-        type=_seconds,
-        default="0.2",
-        help="first redelivery delay after RETRY or an error (default 0.2)",
+        "--resources-path",
+        type=Path,
+        action="append",
+        default=None,
+        help="folder of Dapr resources, as daprd's flag (repeatable): the Resiliency "
+        "resources scoped to the app id give the pub/sub inbound retry and timeout; without "
+        "one a RETRY is not retried (dead-lettered at once, as daprd does)",
     )
     add(
-        "--retry-max-interval-s",
-        type=_seconds,
-        default="5",
-        help="cap of the exponential redelivery delay (default 5)",
+        "--enable-app-health-check",
+        action="store_true",
+        help="probe the app's gRPC HealthCheck; deliveries start on the first healthy probe "
+        "and stop while the app is unhealthy (daprd's flag; default off)",
     )
     add(
-        "--max-retries",
+        "--app-health-probe-interval",
         type=_count,
-        default="20",
-        help="redeliveries before the dead-letter topic; -1 = forever (default 20)",
+        default="5",
+        help="seconds between app health probes (default 5)",
+    )
+    add(
+        "--app-health-probe-timeout",
+        type=_count,
+        default="500",
+        help="app health probe timeout in milliseconds (default 500)",
+    )
+    add(
+        "--app-health-threshold",
+        type=_count,
+        default="3",
+        help="failed probes in a row that make the app unhealthy (default 3)",
+    )
+    add(
+        "--dapr-block-shutdown-duration",
+        type=_duration,
+        default=None,
+        help="on SIGTERM: stop delivering, then keep the APIs up this long (Go duration, "
+        "e.g. 30s) or until the app reports unhealthy (daprd's flag; default: no block)",
     )
     add(
         "--journal",
@@ -143,6 +163,9 @@ def _app_ports(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[int, .
 
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> SidecarConfig:
     """Build the config; raises ValueError naming the bad setting."""
+    inbound = load_inbound_policy(
+        args.resources_path or [], app_id=args.app_id, pubsub_name=args.pubsub_name
+    )
     return SidecarConfig(
         grpc_port=args.grpc_port,
         http_port=args.http_port,
@@ -153,11 +176,14 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sideca
         state_store_name=args.state_store_name,
         delivery=DeliveryMode(args.delivery),
         concurrency=args.concurrency,
-        retry=RetryPolicy(
-            initial_s=args.retry_initial_s,
-            max_interval_s=args.retry_max_interval_s,
-            max_retries=args.max_retries,
-        ),
+        retry=inbound.retry,
+        delivery_timeout_s=inbound.timeout_s,
+        resources=inbound.source,
+        app_health_check=args.enable_app_health_check,
+        app_health_probe_interval_s=float(args.app_health_probe_interval),
+        app_health_probe_timeout_s=args.app_health_probe_timeout / 1000,
+        app_health_threshold=args.app_health_threshold,
+        block_shutdown_s=args.dapr_block_shutdown_duration,
         journal=args.journal,
         listen_host=args.listen_host,
         dapr_api_token=env.get("DAPR_API_TOKEN") or None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -22,24 +23,46 @@ class DeliveryMode(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """The inbound retry policy of the pub/sub component (resiliency.yaml, exponential)."""
+    """A Resiliency retry policy, with dapr/kit ``retry.DefaultConfig``'s defaults.
 
-    initial_s: float = 0.2
-    max_interval_s: float = 5.0
-    max_retries: int = 20  # -1 retries forever
+    ``constant``: wait ``duration`` between attempts. ``exponential``: ``initialInterval``
+    times ``multiplier`` per retry, capped at ``maxInterval``, each randomised by
+    ``± randomizationFactor`` (cenkalti/backoff, which dapr/kit uses). ``maxRetries`` -1
+    retries forever.
+    """
+
+    policy: str = "constant"
+    duration_s: float = 5.0
+    initial_s: float = 0.5
+    max_interval_s: float = 60.0
+    multiplier: float = 1.5
+    randomization: float = 0.5
+    max_retries: int = -1
 
     def __post_init__(self) -> None:
-        if not (self.initial_s > 0 and math.isfinite(self.initial_s)):
-            raise ValueError("retry initial interval must be a positive number of seconds")
-        if not (self.max_interval_s >= self.initial_s and math.isfinite(self.max_interval_s)):
-            raise ValueError("retry max interval must be at least the initial interval")
+        if self.policy not in ("constant", "exponential"):
+            raise ValueError(f"policy must be constant or exponential, got {self.policy!r}")
+        for name, value in (
+            ("duration", self.duration_s),
+            ("initialInterval", self.initial_s),
+            ("maxInterval", self.max_interval_s),
+        ):
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a duration >= 0")
+        if not (self.multiplier >= 1 and math.isfinite(self.multiplier)):
+            raise ValueError("multiplier must be >= 1")
+        if not 0 <= self.randomization < 1:
+            raise ValueError("randomizationFactor must be in [0, 1)")
         if self.max_retries < -1:
-            raise ValueError("max retries must be -1 (forever) or a count >= 0")
+            raise ValueError("maxRetries must be -1 (forever) or a count >= 0")
 
-    def base_delay(self, failures: int) -> float:
-        """Delay before the next attempt after ``failures`` failed ones (no jitter)."""
+    def delay(self, failures: int, rng: random.Random) -> float:
+        """Delay before the next attempt after ``failures`` failed ones."""
+        if self.policy == "constant":
+            return self.duration_s
         exponent = min(max(failures - 1, 0), 64)
-        return float(min(self.initial_s * 2.0**exponent, self.max_interval_s))
+        base = min(self.initial_s * self.multiplier**exponent, self.max_interval_s)
+        return base * rng.uniform(1 - self.randomization, 1 + self.randomization)
 
     def exhausted(self, failures: int) -> bool:
         """True when ``failures`` failed attempts used up the first try and every retry."""
@@ -64,7 +87,14 @@ class SidecarConfig:
     state_store_name: str = "statestore"
     delivery: DeliveryMode = DeliveryMode.BROADCAST
     concurrency: int = 10
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: RetryPolicy | None = None  # the pub/sub inbound retry; None: no retries
+    delivery_timeout_s: float | None = None  # the inbound timeout; None: no deadline
+    resources: str = "no resiliency policy"  # where the two came from, for the log
+    app_health_check: bool = False
+    app_health_probe_interval_s: float = 5.0
+    app_health_probe_timeout_s: float = 0.5
+    app_health_threshold: int = 3
+    block_shutdown_s: float | None = None
     journal: Path | None = None
     listen_host: str = "127.0.0.1"
     dapr_api_token: str | None = field(default=None, repr=False)
@@ -91,3 +121,8 @@ class SidecarConfig:
                 raise ValueError(f"{name} must be a non-empty name without '/' or spaces")
         if not 1 <= self.concurrency <= 1000:
             raise ValueError("concurrency must be between 1 and 1000")
+        if not 0 < self.app_health_probe_timeout_s <= self.app_health_probe_interval_s:
+            # daprd refuses the same (pkg/apphealth/health.go StartProbes)
+            raise ValueError("app health probe timeout must be > 0 and <= the probe interval")
+        if self.app_health_threshold < 1:
+            raise ValueError("app health threshold must be >= 1")

@@ -2,7 +2,9 @@
 
 Dapr API (``dapr-api-token`` header required when ``DAPR_API_TOKEN`` is set, except health):
 
-* ``GET /v1.0/healthz``, ``GET /v1.0/healthz/outbound`` → 204
+* ``GET /v1.0/healthz/outbound`` → 204 as soon as the APIs listen
+* ``GET /v1.0/healthz`` → 204 once the app answered on its port and its subscriptions are
+  loaded, else 500 ``ERR_HEALTH_NOT_READY`` (daprd: ready when ``initRuntime`` returns)
 * ``POST /v1.0/publish/{pubsub}/{topic}`` (query ``metadata.ttlInSeconds=N`` etc.) → 204
 * ``GET /v1.0/state/{store}/{key}`` → 200 + ``ETag``, or 204 when missing
 * ``POST /v1.0/state/{store}`` ``[{key, value, etag?, metadata?, options?}]`` → 204 (409 on
@@ -19,8 +21,8 @@ Dev only (not part of Dapr; token-protected like the API):
   the subscriptions each instance returned, consumer groups
 * ``GET /dev/topics/{topic}/messages`` → the CloudEvents retained on a topic (last 10,000),
   e.g. a dead-letter topic
-* ``POST /dev/faults`` ``{"state": "unavailable" | "hang" | null}`` → the state-store fault
-  switch (see :mod:`.faults`)
+* ``POST /dev/faults`` ``{"state": "unavailable" | "hang" | "slow" | null, "delay_s": 3}``
+  → the state-store fault switch (see :mod:`.faults`)
 """
 
 from __future__ import annotations
@@ -35,10 +37,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import grpc
+
 from .api import token_matches
 from .envelope import EnvelopeError, Publication, go_json, rfc3339
 from .errors import ApiError, bad_request, unauthenticated
-from .faults import StateFault
+from .faults import DEFAULT_SLOW_S, StateFault
 from .runtime import SidecarRuntime
 from .state import Concurrency, StateError, StateWrite, parse_ttl
 
@@ -188,8 +192,17 @@ class _Handler(BaseHTTPRequestHandler):
     ) -> Reply:
         parts = [unquote(p) for p in path.strip("/").split("/")]
         match verb, parts:
-            case "GET", ["v1.0", "healthz"] | ["v1.0", "healthz", "outbound"]:
+            case "GET", ["v1.0", "healthz", "outbound"]:
                 return Reply(204)
+            case "GET", ["v1.0", "healthz"]:
+                if self.runtime.ready():
+                    return Reply(204)
+                raise ApiError(
+                    grpc.StatusCode.INTERNAL,
+                    500,
+                    "ERR_HEALTH_NOT_READY",
+                    "dapr is not ready: [app]",
+                )
             case "POST", ["v1.0", "publish", pubsub, *topic] if topic:
                 return self._publish(pubsub, "/".join(topic), query, body)
             case "GET", ["v1.0", "state", store, key]:
@@ -319,8 +332,11 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             fault = None if raw is None else StateFault(str(raw))
         except ValueError:
-            raise _malformed('"state" must be "unavailable", "hang" or null') from None
-        self.runtime.set_fault(fault)
+            raise _malformed('"state" must be "unavailable", "hang", "slow" or null') from None
+        delay = request.get("delay_s", DEFAULT_SLOW_S) if isinstance(request, Mapping) else 0
+        if not isinstance(delay, int | float) or isinstance(delay, bool) or not 0 < delay <= 30:
+            raise _malformed('"delay_s" must be a number of seconds in (0, 30]')
+        self.runtime.set_fault(fault, float(delay))
         return _json_reply({"state": raw})
 
 

@@ -37,6 +37,7 @@ class AppInstance:
 
     channel: AppChannel
     state: str = "waiting"  # waiting -> subscribed | failed
+    healthy: bool = False  # the last app health verdict (always True without health checks)
     list_subscriptions_calls: int = 0
     subscriptions: list[Subscription] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
@@ -44,6 +45,7 @@ class AppInstance:
     def describe(self, replies: dict[str, object]) -> dict[str, object]:
         return {
             "state": self.state,
+            "healthy": self.healthy,
             "list_subscriptions_calls": self.list_subscriptions_calls,
             "subscriptions": [s.describe() for s in self.subscriptions],
             "ignored_subscriptions": list(self.ignored),
@@ -186,6 +188,7 @@ class SidecarRuntime:
             "app_id": self.config.app_id,
             "delivery": self.config.delivery.value,
             "state_fault": fault.value if fault else None,
+            "state_calls_slowed": self.faults.waiting,
             **stats,
             "instances": {
                 instance.channel.label: instance.describe(replies.get(instance.channel.label, {}))
@@ -193,11 +196,17 @@ class SidecarRuntime:
             },
         }
 
+    def ready(self) -> bool:
+        """``/v1.0/healthz``: the app answered on its port and had its subscriptions loaded
+        (or failed to). With several app instances (several daprd in one), the first one
+        attached makes it ready, so the instances can start one after another."""
+        return any(instance.state != "waiting" for instance in self.instances)
+
     def topic_messages(self, topic: str) -> list[dict[str, object]]:
         return self.broker.topic_messages(topic)
 
-    def set_fault(self, fault: StateFault | None) -> None:
-        self.faults.set(fault)
+    def set_fault(self, fault: StateFault | None, delay_s: float) -> None:
+        self.faults.set(fault, delay_s)
 
     def metadata(self) -> dict[str, object]:
         return {

@@ -17,6 +17,7 @@ from .app_channel import AppChannel
 from .broker import Broker, Member
 from .config import DeliveryMode, SidecarConfig
 from .faults import StateFaults
+from .health import AppHealthProbe
 from .http_api import DaprHttpServer
 from .journal import Journal, Record
 from .routing import Subscription
@@ -26,6 +27,7 @@ from .state import CommittedWrite, InMemoryStateStore
 log = logging.getLogger(__name__)
 
 GRPC_WORKERS = 64  # state calls may hang (fault switch) for up to 30 s each
+DRAIN_MAX_S = 30.0  # daprd's drainMaxDuration (pkg/runtime/subscription/subscription.go)
 
 
 def _state_record(store: str, writes: Sequence[CommittedWrite]) -> Record:
@@ -72,6 +74,7 @@ class DevSidecar:
         self._broker = Broker(
             retry=config.retry, concurrency=config.concurrency, journal=self._journal
         )
+        self._health_changed = threading.Condition()
         self._store = InMemoryStateStore(config.state_store_name)
         self._instances = [
             AppInstance(
@@ -80,6 +83,7 @@ class DevSidecar:
                     port,
                     pubsub_name=config.pubsub_name,
                     app_api_token=config.app_api_token,
+                    delivery_timeout_s=config.delivery_timeout_s,
                 )
             )
             for port in config.app_ports
@@ -150,7 +154,8 @@ class DevSidecar:
         self._state = "running"
         log.info(
             "dev sidecar started (a development tool, not daprd): app-id %s, gRPC %s:%d, "
-            "HTTP %s:%d, app at %s, delivery %s, journal %s",
+            "HTTP %s:%d, app at %s, delivery %s, journal %s, inbound policy: %s, "
+            "app health checks %s",
             config.app_id,
             config.listen_host,
             self.grpc_port,
@@ -159,6 +164,8 @@ class DevSidecar:
             ", ".join(i.channel.label for i in self._instances),
             config.delivery.value,
             "on" if self._journal else "off",
+            config.resources,
+            "on" if config.app_health_check else "off",
         )
 
     def stop(self, grace_s: float = 2.0) -> None:
@@ -167,6 +174,8 @@ class DevSidecar:
             self._state = "stopped"
             return
         self._state = "stopped"
+        if self.config.block_shutdown_s is not None:
+            self._block_shutdown(self.config.block_shutdown_s)
         self._stopping.set()
         if self._grpc_server is not None:
             self._grpc_server.stop(grace_s).wait(grace_s + 1.0)
@@ -195,11 +204,62 @@ class DevSidecar:
             return self.config.app_id
         return f"{self.config.app_id}@{instance.channel.label}"
 
+    def _block_shutdown(self, duration_s: float) -> None:
+        """daprd's shutdown with ``--dapr-block-shutdown-duration`` (pkg/runtime/runtime.go
+        Run): stop every subscription (in-flight deliveries finish), then keep the Dapr APIs
+        up until the duration ends or the app reports unhealthy."""
+        log.info("Blocking graceful shutdown for %ss or until app reports unhealthy...", duration_s)
+        self._broker.stop_delivering(DRAIN_MAX_S)
+
+        def app_unhealthy() -> bool:
+            # daprd's isAppHealthy starts closed (= unhealthy) and opens once the app is
+            # healthy: without health checks, when it first answered on its port. So an app
+            # that never came up ends the wait at once; a healthy one without health checks
+            # is never seen unhealthy, and daprd waits the whole duration.
+            return not any(i.healthy for i in self._instances)
+
+        with self._health_changed:
+            if self._health_changed.wait_for(app_unhealthy, timeout=duration_s):
+                log.info("App reported unhealthy, entering shutdown...")
+            else:
+                log.info("Block shutdown period expired, entering shutdown...")
+
+    def _set_health(self, instance: AppInstance, healthy: bool) -> None:
+        with self._health_changed:
+            instance.healthy = healthy
+            self._health_changed.notify_all()
+        if instance.state == "subscribed":
+            self._broker.set_paused(instance.channel.label, not healthy)
+            log.info(
+                "app %s %s",
+                instance.channel.label,
+                "healthy: deliveries resume" if healthy else "unhealthy: deliveries stop",
+            )
+        elif healthy and instance.state == "waiting":
+            self._subscribe(instance)  # the first healthy probe starts the subscriptions
+
     def _attach(self, instance: AppInstance) -> None:
-        """daprd's start-up toward one app instance: wait for it, list its subscriptions once."""
+        """daprd's start-up toward one app instance: wait for it to listen, then (after its
+        first healthy probe, when app health checks are on) list its subscriptions once."""
         channel = instance.channel
         if not channel.wait_until_listening(self._stopping):
             return
+        config = self.config
+        if not config.app_health_check:
+            instance.healthy = True
+            self._subscribe(instance)
+            return
+        probe = AppHealthProbe(
+            channel.probe_health,
+            interval_s=config.app_health_probe_interval_s,
+            timeout_s=config.app_health_probe_timeout_s,
+            threshold=config.app_health_threshold,
+            on_change=lambda healthy: self._set_health(instance, healthy),
+        )
+        probe.run(self._stopping)
+
+    def _subscribe(self, instance: AppInstance) -> None:
+        channel = instance.channel
         instance.list_subscriptions_calls += 1
         replies = channel.list_subscriptions(self._stopping)
         if replies is None:

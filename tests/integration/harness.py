@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 from bench.common import free_port  # one implementation, tests and bench
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SHIPPED_RESOURCES = PROJECT_ROOT / "components"
+RESOURCES_ROOT = PROJECT_ROOT / "test-artifacts" / "resources"
 STARTUP_TIMEOUT_S = 10.0
 # Inherited settings that would silently change the sidecar under test.
 _SCRUBBED_ENV = ("DAPR_API_TOKEN", "APP_API_TOKEN", "DAPR_GRPC_PORT", "DAPR_HTTP_PORT", "APP_PORT")
@@ -100,7 +102,8 @@ class SidecarProcess:
     # --- process lifecycle ------------------------------------------------------------
 
     def start(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
-        """Start the process and wait until ``/v1.0/healthz`` answers."""
+        """Start the process and wait until its APIs answer (``/v1.0/healthz/outbound``:
+        ``/v1.0/healthz`` waits for the app, as daprd's does)."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "realtime_sync.devsidecar", *self.args],
@@ -121,7 +124,7 @@ class SidecarProcess:
         if self.proc.poll() is not None:
             raise AssertionError(f"dev sidecar exited with {self.proc.returncode}:\n{self.logs()}")
         try:
-            return self.request("GET", "/v1.0/healthz", timeout=0.5).status == 204
+            return self.request("GET", "/v1.0/healthz/outbound", timeout=0.5).status == 204
         except OSError:
             return False
 
@@ -223,8 +226,8 @@ class SidecarProcess:
         assert isinstance(value, list)
         return value
 
-    def set_fault(self, state: str | None) -> None:
-        body = json.dumps({"state": state}).encode()
+    def set_fault(self, state: str | None, delay_s: float = 3.0) -> None:
+        body = json.dumps({"state": state, "delay_s": delay_s}).encode()
         reply = self.request(
             "POST", "/dev/faults", body, headers={"Content-Type": "application/json"}
         )
@@ -245,6 +248,38 @@ class SidecarProcess:
         return reply.status
 
 
+def inbound_retry(name: str, *, timeout: str | None = None, **policy: str | float) -> list[str]:
+    """Sidecar flags for a resources folder whose resiliency.yaml gives the pub/sub
+    component this inbound retry policy (Resiliency field names, e.g. ``policy="constant",
+    duration="50ms", maxRetries=2``) and, optionally, an inbound timeout (``"300ms"``);
+    the folder lives under test-artifacts/resources."""
+    folder = RESOURCES_ROOT / name
+    folder.mkdir(parents=True, exist_ok=True)
+    inbound = {"retry": "inbound"} | ({"timeout": "inbound"} if timeout else {})
+    resiliency = {
+        "apiVersion": "dapr.io/v1alpha1",
+        "kind": "Resiliency",
+        "metadata": {"name": name},
+        "spec": {
+            "policies": {
+                "retries": {"inbound": dict(policy)},
+                "timeouts": {"inbound": timeout} if timeout else {},
+            },
+            "targets": {"components": {"pubsub": {"inbound": inbound}}},
+        },
+    }
+    # JSON is YAML: no YAML writer needed here.
+    (folder / "resiliency.yaml").write_text(json.dumps(resiliency, indent=2) + "\n")
+    return ["--resources-path", str(folder)]
+
+
+def no_resources() -> list[str]:
+    """Sidecar flags for an empty resources folder: no resiliency policy at all."""
+    folder = RESOURCES_ROOT / "empty"
+    folder.mkdir(parents=True, exist_ok=True)
+    return ["--resources-path", str(folder)]
+
+
 @contextmanager
 def running_sidecar(
     *,
@@ -256,7 +291,9 @@ def running_sidecar(
     """Run the dev sidecar on free ports for the block; SIGTERM (then SIGKILL) afterwards.
 
     ``env`` is added to the test process's environment (minus inherited Dapr ports and
-    tokens); ``extra_args`` are extra CLI flags.
+    tokens); ``extra_args`` are extra CLI flags. Without a ``--resources-path`` among them
+    the sidecar reads the shipped ``components/`` (its resiliency.yaml), as ``dapr run -f
+    dapr.yaml`` would.
     """
     environment = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
     environment["PYTHONPATH"] = os.pathsep.join(
@@ -265,6 +302,8 @@ def running_sidecar(
     environment.update(env or {})
     grpc_port, http_port = free_port(), free_port()
     args = ["--grpc-port", str(grpc_port), "--http-port", str(http_port)]
+    if "--resources-path" not in extra_args:
+        args += ["--resources-path", str(SHIPPED_RESOURCES)]
     for port in app_ports:
         args += ["--app-port", str(port)]
     with tempfile.TemporaryDirectory(prefix="devsidecar-") as workdir:

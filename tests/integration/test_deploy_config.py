@@ -31,7 +31,7 @@ import yaml
 
 from bench.common import free_port
 from realtime_sync.config import SETTINGS
-from realtime_sync.service import GRPC_GRACE_S
+from realtime_sync.service import DRAIN_BUDGET_S
 from tests.integration.conftest import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -270,6 +270,7 @@ DAPR_ANNOTATIONS = {
     "dapr.io/sidecar-cpu-request",
     "dapr.io/sidecar-memory-limit",
     "dapr.io/sidecar-memory-request",
+    "dapr.io/disable-builtin-k8s-secret-store",
 }
 
 _DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
@@ -706,8 +707,14 @@ def test_deployment_runs_the_service_as_dapr_expects() -> None:
     assert annotations["dapr.io/enable-app-health-check"] == "true"
     env = {e["name"]: e for e in container["env"]}
     assert int(annotations["dapr.io/app-port"]) == int(env["APP_PORT"]["value"]) == 50051
-    # daprd never has more calls in flight than the app has handler threads.
-    assert int(annotations["dapr.io/app-max-concurrency"]) == int(settings["APP_WORKERS"])
+    # daprd never has more calls in flight than the app has handler threads: pub/sub
+    # deliveries are bounded by the component's `concurrency` (app-max-concurrency does
+    # not apply to them on a gRPC app channel), invocations by app-max-concurrency.
+    deliveries = int(metadata_values(component(K8S_DIR / "dapr" / "pubsub.yaml"))["concurrency"])
+    invocations = int(annotations["dapr.io/app-max-concurrency"])
+    assert deliveries + invocations <= int(settings["APP_WORKERS"])
+    # The probe daprd sends: 500 ms timeout, 3 misses (the app answers on its own pool).
+    assert annotations.get("dapr.io/app-health-probe-timeout", "500") == "500"
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["ws"] == int(env["WS_PORT"]["value"]) == 8080
@@ -723,19 +730,57 @@ def test_deployment_runs_the_service_as_dapr_expects() -> None:
 
 
 def test_shutdown_budget_fits_in_the_termination_grace_period() -> None:
-    pod, annotations, container, settings = _deployment_parts()
+    """daprd (pkg/runtime/runtime.go Run): stop subscriptions (in-flight deliveries end,
+    each capped by the resiliency deliver timeout), block until block-shutdown-duration or
+    the app reports unhealthy, then close within graceful-shutdown-seconds. The app stays
+    healthy until its last state write, which must fall inside daprd's block."""
+    pod, annotations, container, _ = _deployment_parts()
     grace = pod["terminationGracePeriodSeconds"]
     block = go_duration_s(annotations["dapr.io/block-shutdown-duration"])
     daprd_graceful = int(annotations["dapr.io/graceful-shutdown-seconds"])
-    # daprd: blocks (APIs up, subscriptions stopped) then shuts down gracefully.
-    assert block + daprd_graceful < grace
-    # The app: preStop, then its drain (gRPC grace, 1001 closes over DRAIN_S, server
-    # close 5 s, connection-record deletes 2 s) must end while daprd still serves it.
+    [resiliency] = load_all(K8S_DIR / "dapr" / "resiliency.yaml")
+    inbound = resiliency["spec"]["targets"]["components"]["pubsub"]["inbound"]
+    deliver = go_duration_s(resiliency["spec"]["policies"]["timeouts"][inbound["timeout"]])
+    assert deliver + block + daprd_graceful < grace
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    drain_s = float(settings.get("DRAIN_S", DEFAULTS["DRAIN_S"]))
-    app_drain = pre_stop + GRPC_GRACE_S + drain_s + 5 + 2
-    assert app_drain <= block, (app_drain, block)
-    assert app_drain < grace
+    app_last_write = pre_stop + DRAIN_BUDGET_S
+    assert app_last_write < block, (app_last_write, block)
+    assert app_last_write < grace
+
+
+def test_the_builtin_secret_store_is_off_whenever_the_token_automount_is() -> None:
+    """daprd always loads the built-in Kubernetes secret store, which needs the service
+    account token, and exits when it fails (pkg/runtime/components.go
+    appendBuiltinSecretStore) unless dapr.io/disable-builtin-k8s-secret-store is true."""
+    pod, annotations, _, _ = _deployment_parts()
+    account = by_kind("ServiceAccount")
+    automount = pod.get(
+        "automountServiceAccountToken", account.get("automountServiceAccountToken", True)
+    )
+    if automount is False:
+        assert annotations.get("dapr.io/disable-builtin-k8s-secret-store") == "true"
+    # The components' secretKeyRefs still resolve: the operator fills those that use the
+    # kubernetes store (pkg/runtime/processor/secret/secret.go ProcessResource).
+    for path in (K8S_DIR / "dapr").glob("*.yaml"):
+        for doc in load_all(path):
+            if doc["kind"] == "Component" and any(
+                "secretKeyRef" in item for item in doc["spec"].get("metadata", [])
+            ):
+                assert doc.get("auth", {}).get("secretStore", "kubernetes") == "kubernetes"
+
+
+def test_every_pubsub_component_is_scoped_to_the_service() -> None:
+    """An unscoped component is loaded by every app in the namespace, which would inherit
+    the per-instance consumerID and receive every event instead of competing for them."""
+    found = 0
+    for path in [*dapr_files()]:
+        for doc in load_all(path):
+            if doc["kind"] == "Component" and doc["spec"]["type"].startswith("pubsub."):
+                found += 1
+                scopes = doc.get("scopes") or []
+                assert APP_ID in scopes, path
+                assert set(scopes) <= {APP_ID, "realtime-sync-demo"}, (path, scopes)
+    assert found == 3
 
 
 def test_secrets_are_placeholders_and_match_what_the_pods_read() -> None:
@@ -850,8 +895,8 @@ def test_the_dapr_checker_rejects(mutate: Any, expected: str) -> None:
             "constant or exponential",
         ),
         (
-            lambda s: s["policies"]["retries"]["stateRetry"]["matching"].update(
-                grpcStatusCodes="4"
+            lambda s: s["policies"]["retries"]["stateRetry"].update(
+                matching={"grpcStatusCodes": "4"}
             ),
             "unknown field",
         ),
@@ -909,13 +954,27 @@ def test_names_and_timeouts_agree_with_the_service() -> None:
     state = targets[names["statestore"]]["outbound"]
     assert {"timeout", "retry", "circuitBreaker"} <= set(state)
     assert go_duration_s(policies["timeouts"][state["timeout"]]) >= DEFAULTS["DAPR_TIMEOUT_S"]
-    # ETag conflicts (ABORTED = 10) must reach the app, not be retried blindly.
-    codes = policies["retries"][state["retry"]]["matching"]["gRPCStatusCodes"].split(",")
-    assert "10" not in codes
-    # Redis must not hand a message out again while daprd is still retrying it.
-    worst_hold = retry["maxRetries"] * go_duration_s(retry["maxInterval"])
+    # daprd matches status codes only on errors that carry one (pkg/resiliency/policy.go,
+    # retry.go CodeError): never on a state store's. `matching` there would mislead.
+    for target in targets.values():
+        for direction in target.values():
+            if "retry" in direction and direction is not inbound:
+                assert "matching" not in policies["retries"][direction["retry"]]
+    # Redis must not hand a message out again while daprd is still retrying it: the
+    # worst hold is every attempt running into the deliver timeout plus every backoff at
+    # its randomised maximum (dapr/kit exponential defaults: 500ms x 1.5, +/- 50 %).
+    backoff = sum(
+        min(0.5 * 1.5**k, go_duration_s(retry["maxInterval"])) * 1.5
+        for k in range(retry["maxRetries"])
+    )
+    worst_hold = (retry["maxRetries"] + 1) * deliver + backoff
     for pubsub in (_redis_pubsub(), component(K8S_DIR / "dapr" / "pubsub.yaml")):
-        assert go_duration_s(metadata_values(pubsub)["processingTimeout"]) > worst_hold
+        values = metadata_values(pubsub)
+        assert go_duration_s(values["processingTimeout"]) > worst_hold, worst_hold
+        # The component reads redeliverInterval only as milliseconds: a duration string
+        # is silently ignored (components-contrib common/component/redis/settings.go,
+        # `mapstructure:"-"`; redis.go ParseClientFromProperties).
+        assert re.fullmatch(r"\d+", values.get("redeliverInterval", "0")), values
 
 
 def test_dapr_run_file_uses_only_run_file_fields() -> None:
@@ -925,6 +984,13 @@ def test_dapr_run_file_uses_only_run_file_fields() -> None:
     assert service["appProtocol"] == "grpc"
     assert service["appPort"] == DEFAULTS["APP_PORT"]
     assert "JWT_SECRET" not in service.get("env", {}), "secrets come from the shell"
+    # daprd's app health probe as deployment.yaml sets it, and the config file exists.
+    assert service["enableAppHealthCheck"] is True
+    assert (service["appHealthProbeTimeout"], service["appHealthThreshold"]) == (500, 3)
+    assert service["appHealthProbeInterval"] * 1000 > service["appHealthProbeTimeout"]
+    assert service["logLevel"] in {"debug", "info", "warn", "error"}
+    [config] = load_all(ROOT / service["appDirPath"] / service["configFilePath"])
+    assert config["kind"] == "Configuration" and dapr_problems(config) == []
     broken = copy.deepcopy(doc)
     broken["apps"][0]["appProt"] = "grpc"
     broken["common"]["resourcesPaths"] = ["./no-such-folder"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import threading
 import time
 from collections import Counter, deque
@@ -25,9 +26,17 @@ from dapr.proto.runtime.v1 import dapr_pb2_grpc, state_pb2
 
 from bench.common import free_port
 from realtime_sync.devsidecar import main
-from tests.integration.harness import SidecarProcess, running_sidecar, wait_until
+from tests.integration.harness import (
+    SidecarProcess,
+    inbound_retry,
+    no_resources,
+    running_sidecar,
+    wait_until,
+)
 
-FAST_RETRY = ["--retry-initial-s", "0.05", "--retry-max-interval-s", "0.2"]
+FAST_RETRY = inbound_retry(
+    "devsidecar-fast", policy="exponential", initialInterval="50ms", maxInterval="200ms"
+)
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
@@ -87,6 +96,7 @@ class FakeApp:
         self.unroutable = frozenset(unroutable)
         self.calls: Counter[str] = Counter()
         self.call_metadata: list[dict[str, str]] = []
+        self._methods: list[str] = []
         self._deliveries: list[Delivery] = []
         self._replies = {topic: deque(script) for topic, script in (replies or {}).items()}
         self._lock = threading.Lock()
@@ -100,11 +110,22 @@ class FakeApp:
                 self._handler(topic)
             )
         self._app.method("echo")(self._echo)
+        self.healthy = True
+        self._app.register_health_check(self._health)
+
+    def _health(self) -> None:
+        if not self.healthy:
+            raise RuntimeError("scripted: unhealthy")
 
     def record_call(self, method: str, metadata: dict[str, str]) -> None:
         with self._lock:
             self.calls[method] += 1
             self.call_metadata.append(metadata)
+            self._methods.append(method)
+
+    def calls_with_metadata(self) -> list[tuple[str, dict[str, str]]]:
+        with self._lock:
+            return list(zip(self._methods, self.call_metadata, strict=True))
 
     def _handler(self, topic: str) -> Any:
         def on_message(message: SubscriptionMessage) -> TopicEventResponse:
@@ -234,7 +255,14 @@ def test_envelopes_match_what_daprd_sends() -> None:
 
 
 def test_retry_is_redelivered_with_backoff_until_success() -> None:
-    args = ["--retry-initial-s", "0.1", "--retry-max-interval-s", "1"]
+    args = inbound_retry(
+        "devsidecar-backoff",
+        policy="exponential",
+        initialInterval="100ms",
+        maxInterval="1s",
+        multiplier=2,
+        randomizationFactor=0.25,
+    )
     with (
         fake_app({"jobs": None}, replies={"jobs": ["retry", "raise", "success"]}) as app,
         running_sidecar(app_ports=[app.port], extra_args=args) as sidecar,
@@ -256,7 +284,10 @@ def test_drop_and_exhausted_retries_go_to_the_dead_letter_topic() -> None:
     with (
         fake_app(subscriptions, replies=replies) as app,
         running_sidecar(
-            app_ports=[app.port], extra_args=[*FAST_RETRY, "--max-retries", "2"]
+            app_ports=[app.port],
+            extra_args=inbound_retry(
+                "devsidecar-two", policy="constant", duration="50ms", maxRetries=2
+            ),
         ) as sidecar,
     ):
         wait_until(lambda: app.calls["ListTopicSubscriptions"] == 1, 10)
@@ -356,6 +387,114 @@ def test_service_invocation_reaches_the_app() -> None:
         assert missing.json()["errorCode"] == "ERR_DIRECT_INVOKE"
 
 
+# --- daprd's lifecycle: resiliency, app health, readiness, block-shutdown ------------
+
+
+def test_a_retry_without_a_resiliency_policy_is_dead_lettered_at_once() -> None:
+    """daprd retries inbound only as a Resiliency policy says: with none, a RETRY goes
+    straight to the dead-letter topic (pkg/runtime/subscription/subscription.go)."""
+    replies = {"once": ["retry"] * 5, "nodlq": ["retry"] * 5}
+    with (
+        fake_app({"once": "once-dlq", "nodlq": None}, replies=replies) as app,
+        running_sidecar(app_ports=[app.port], extra_args=no_resources()) as sidecar,
+    ):
+        wait_until(lambda: app.calls["ListTopicSubscriptions"] == 1, 10)
+        assert sidecar.publish("once", {"n": 1}) == 204
+        assert sidecar.publish("nodlq", {"n": 2}) == 204
+        wait_settled(sidecar, "once", retry=1, dead_lettered=1)
+        wait_settled(sidecar, "nodlq", retry=1, dead_lettered=0)
+        assert len(app.received("once")) == 1
+        assert len(app.received("nodlq")) == 1
+        assert len(sidecar.topic_messages("once-dlq")) == 1
+    assert "no inbound retry policy" in sidecar.logs()
+
+
+def test_the_shipped_resiliency_policy_retries_a_retry() -> None:
+    """components/resiliency.yaml (read by default, as `dapr run -f dapr.yaml` does) gives
+    the pub/sub component inbound retries: a RETRY is delivered again, not dead-lettered."""
+    with (
+        fake_app({"jobs": "jobs-dlq"}, replies={"jobs": ["retry"]}) as app,
+        running_sidecar(app_ports=[app.port]) as sidecar,
+    ):
+        assert sidecar.publish("jobs", {"n": 1}) == 204
+        found = wait_settled(sidecar, "jobs", success=1)
+        assert (found["retry"], found["dead_lettered"]) == (1, 0)
+        assert len(app.received("jobs")) == 2
+        assert sidecar.topic_messages("jobs-dlq") == []
+    assert "pubsubRetry" in sidecar.logs()
+
+
+HEALTH_ARGS = ["--enable-app-health-check", "--app-health-probe-interval", "1"]
+
+
+def instance_of(sidecar: SidecarProcess) -> dict[str, Any]:
+    [instance] = sidecar.stats()["instances"].values()
+    assert isinstance(instance, dict)
+    return instance
+
+
+def test_an_unhealthy_app_gets_no_events_until_it_recovers() -> None:
+    with (
+        fake_app({"work": None}) as app,
+        running_sidecar(app_ports=[app.port], extra_args=HEALTH_ARGS) as sidecar,
+    ):
+        assert sidecar.publish("work", {"n": 1}) == 204
+        wait_until(lambda: len(app.received("work")) == 1, 10)
+        app.healthy = False
+        # daprd: three failed probes in a row (--app-health-threshold 3) = unhealthy.
+        wait_until(lambda: instance_of(sidecar)["healthy"] is False, 10)
+        assert sidecar.publish("work", {"n": 2}) == 204
+        probes = app.calls["HealthCheck"]
+        wait_until(lambda: app.calls["HealthCheck"] >= probes + 2, 10)
+        assert len(app.received("work")) == 1  # nothing while unhealthy
+        assert counters(sidecar, "work")["pending"] == 1
+        app.healthy = True
+        wait_until(lambda: len(app.received("work")) == 2, 10)
+        assert app.received("work")[1].message.data() == {"n": 2}
+        assert app.calls["ListTopicSubscriptions"] == 1  # resumed with the cached list
+    logs = sidecar.logs()
+    assert "unhealthy: deliveries stop" in logs
+    assert "healthy: deliveries resume" in logs
+
+
+def test_healthz_is_ready_only_once_the_app_is_subscribed() -> None:
+    port = free_port()
+    with running_sidecar(app_ports=[port]) as sidecar:
+        assert sidecar.request("GET", "/v1.0/healthz/outbound").status == 204
+        not_ready = sidecar.request("GET", "/v1.0/healthz")
+        assert not_ready.status == 500
+        assert not_ready.json()["errorCode"] == "ERR_HEALTH_NOT_READY"
+        with fake_app({"orders": None}, port=port) as app:
+            wait_until(lambda: sidecar.request("GET", "/v1.0/healthz").status == 204, 10)
+            assert app.calls["ListTopicSubscriptions"] == 1
+            assert instance_of(sidecar)["state"] == "subscribed"
+
+
+def test_block_shutdown_keeps_the_apis_up_until_the_app_reports_unhealthy() -> None:
+    """SIGTERM with --dapr-block-shutdown-duration: deliveries stop, the Dapr APIs stay up
+    for the draining app, and the sidecar exits once the app's health probe fails
+    (dapr/dapr pkg/runtime/runtime.go Run), long before the block duration."""
+    with (
+        fake_app({"work": None}) as app,
+        running_sidecar(
+            app_ports=[app.port],
+            extra_args=[*HEALTH_ARGS, "--dapr-block-shutdown-duration", "120s"],
+        ) as sidecar,
+    ):
+        wait_until(lambda: instance_of(sidecar)["state"] == "subscribed", 10)
+        sidecar.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "Blocking graceful shutdown" in sidecar.logs(), 10)
+        assert sidecar.publish("work", {"n": 1}) == 204  # the APIs still answer
+        assert sidecar.save_state([{"key": "last-write", "value": 1}]) == 204
+        assert sidecar.get_state("last-write") == b"1"
+        assert sidecar.proc.poll() is None  # still blocking while the app is healthy
+        assert app.received("work") == []  # no delivery after SIGTERM
+        app.healthy = False
+        wait_until(lambda: sidecar.proc.poll() is not None, 20)
+        assert sidecar.proc.returncode == 0
+    assert "App reported unhealthy, entering shutdown" in sidecar.logs()
+
+
 # --- tokens ---------------------------------------------------------------------------
 
 
@@ -384,7 +523,10 @@ def test_api_token_is_enforced_and_app_token_sent() -> None:
         wait_until(lambda: app.received("secure"), 10)
         [delivery] = app.received("secure")
         assert delivery.message.metadata()["dapr-api-token"] == "app-secret"
-        assert all(md.get("dapr-api-token") == "app-secret" for md in app.call_metadata)
+        # As daprd: OnTopicEvent is signed, ListTopicSubscriptions is not
+        # (dapr/dapr pkg/runtime/pubsub/subscriptions.go GetSubscriptionsGRPC).
+        by_method = {m: md.get("dapr-api-token") for m, md in app.calls_with_metadata()}
+        assert by_method == {"ListTopicSubscriptions": None, "OnTopicEvent": "app-secret"}
 
 
 # --- state, through the SDK's aio client ----------------------------------------------
@@ -569,3 +711,32 @@ def test_cli_help_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
     assert "concurrency" in capsys.readouterr().err
     assert main(["--grpc-port", "http"]) == 2
     assert main(["--delivery", "fanout"]) == 2
+    assert main(["--dapr-block-shutdown-duration", "10"]) == 2  # a Go duration: 10s
+    assert "duration" in capsys.readouterr().err
+    assert main(["--app-health-probe-timeout", "6000"]) == 2  # > the 5 s interval
+    assert "probe timeout" in capsys.readouterr().err
+
+
+def test_a_resources_folder_daprd_would_refuse_stops_the_sidecar_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "resiliency.yaml").write_text(
+        "kind: Resiliency\nmetadata: {name: r}\nspec:\n  targets:\n    components:\n"
+        "      pubsub: {inbound: {retry: nowhere}}\n"
+    )
+    assert main(["--resources-path", str(tmp_path)]) == 2
+    assert "unknown retry policy nowhere" in capsys.readouterr().err
+    assert main(["--resources-path", str(tmp_path / "missing")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_the_inbound_timeout_cuts_a_delivery_and_dead_letters_it() -> None:
+    """A resiliency inbound timeout is the only deadline daprd puts on OnTopicEvent."""
+    args = inbound_retry("devsidecar-timeout", policy="constant", maxRetries=0, timeout="300ms")
+    with (
+        fake_app({"slow": "slow-dlq"}, replies={"slow": ["block"]}) as app,
+        running_sidecar(app_ports=[app.port], extra_args=args) as sidecar,
+    ):
+        assert sidecar.publish("slow", {"n": 1}) == 204
+        wait_settled(sidecar, "slow", error=1, dead_lettered=1)
+        assert len(app.received("slow")) == 1

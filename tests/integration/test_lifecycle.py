@@ -11,16 +11,24 @@ from typing import Any, cast
 import grpc
 import orjson
 import pytest
+from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
-from google.protobuf import empty_pb2
+from google.protobuf import any_pb2, empty_pb2
 from websockets.exceptions import ConnectionClosed
 
 from tests.integration.conftest import ServiceProcess, running_stack
-from tests.integration.harness import wait_until
+from tests.integration.harness import inbound_retry, wait_until
 
 Empty: Any = empty_pb2.Empty  # type: ignore[attr-defined] # generated at import time
+AnyMessage: Any = any_pb2.Any  # type: ignore[attr-defined] # generated at import time
 
-FAST_RETRY = ["--retry-initial-s", "0.2", "--retry-max-interval-s", "0.5", "--max-retries", "-1"]
+FAST_RETRY = inbound_retry(
+    "lifecycle-fast",
+    policy="exponential",
+    initialInterval="200ms",
+    maxInterval="500ms",
+    maxRetries=-1,
+)
 
 
 def replies(stack: ServiceProcess, outcome: str) -> int:
@@ -192,7 +200,24 @@ def test_invoking_an_unknown_method_is_not_found(stack: ServiceProcess) -> None:
     assert status == 404
 
 
-async def test_the_app_token_is_required_on_the_grpc_port() -> None:
+HEALTH_CHECK = "/dapr.proto.runtime.v1.AppCallbackHealthCheck/HealthCheck"
+
+
+def health_probe(channel: grpc.Channel, timeout: float = 5.0) -> Any:
+    """One call of daprd's app health probe (unsigned, as daprd sends it)."""
+    probe = channel.unary_unary(
+        HEALTH_CHECK,
+        request_serializer=Empty.SerializeToString,
+        response_deserializer=appcallback_pb2.HealthCheckResponse.FromString,
+    )
+    return probe(Empty(), timeout=timeout)
+
+
+async def test_the_app_token_is_checked_on_exactly_the_calls_daprd_signs() -> None:
+    """daprd signs OnTopicEvent and OnInvoke (AddAppTokenToContext) but calls
+    ListTopicSubscriptions and the health probe WITHOUT the token (dapr/dapr
+    GetSubscriptionsGRPC, HealthProbe): those must answer, the signed ones must refuse a
+    missing or wrong token and deliver nothing."""
     token = "app-token-for-tests-0123456789"
     with running_stack(
         "app-token",
@@ -202,16 +227,50 @@ async def test_the_app_token_is_required_on_the_grpc_port() -> None:
         async with stack.client("owner-tok") as client:
             stack.publish({"type": "TASK_ADDED", "user_id": "owner-tok", "task_id": 1})
             assert len(await client.updates(1)) == 1
-        channel, stub = grpc_stub(stack)
-        with channel:
-            for metadata in ((), (("dapr-api-token", "wrong"),)):
-                with pytest.raises(grpc.RpcError) as info:
-                    stub.ListTopicSubscriptions(Empty(), metadata=metadata, timeout=5)
-                assert cast(Any, info.value).code() == grpc.StatusCode.UNAUTHENTICATED
-            ok = stub.ListTopicSubscriptions(
-                Empty(), metadata=(("dapr-api-token", token),), timeout=5
-            )
-            assert len(ok.subscriptions) == 1
+            channel, stub = grpc_stub(stack)
+            with channel:
+                listed = stub.ListTopicSubscriptions(Empty(), timeout=5)
+                assert [s.topic for s in listed.subscriptions] == ["task-updates"]
+                health_probe(channel)
+                stub.ListInputBindings(Empty(), timeout=5)  # unsigned too (bindings)
+                refused = orjson.dumps({"type": "TASK_ADDED", "user_id": "owner-tok", "task_id": 2})
+                shares = common_pb2.InvokeRequest(
+                    method="set_task_shares",
+                    data=AnyMessage(value=b'{"task_id": 2, "user_ids": ["intruder"]}'),
+                    content_type="application/json",
+                )
+                bulk = appcallback_pb2.TopicEventBulkRequest(
+                    id="tok-bulk",
+                    entries=[
+                        appcallback_pb2.TopicEventBulkRequestEntry(
+                            entry_id="1", bytes=refused, content_type="application/json"
+                        )
+                    ],
+                    topic="task-updates",
+                    pubsub_name="pubsub",
+                )
+                alpha = appcallback_pb2_grpc.AppCallbackAlphaStub(channel)
+                for metadata in ((), (("dapr-api-token", "wrong"),)):
+                    for call, request in (
+                        (stub.OnTopicEvent, topic_event(refused, "tok-refused")),
+                        (stub.OnBulkTopicEvent, bulk),
+                        (alpha.OnBulkTopicEventAlpha1, bulk),
+                        (stub.OnInvoke, shares),
+                    ):
+                        with pytest.raises(grpc.RpcError) as info:
+                            call(request, metadata=metadata, timeout=5)
+                        assert cast(Any, info.value).code() == grpc.StatusCode.UNAUTHENTICATED
+                assert stack.sidecar.get_state("shares:2") is None
+                signed = orjson.dumps({"type": "TASK_ADDED", "user_id": "owner-tok", "task_id": 3})
+                reply = stub.OnTopicEvent(
+                    topic_event(signed, "tok-signed"),
+                    metadata=(("dapr-api-token", token),),
+                    timeout=5,
+                )
+                assert reply.status == appcallback_pb2.TopicEventResponse.SUCCESS
+            # The refused event never arrived: the next update is the signed one.
+            [update] = await client.updates(1)
+            assert update["event_id"] == "tok-signed"
 
 
 def test_concurrent_set_task_shares_all_succeed_and_one_list_wins(stack: ServiceProcess) -> None:

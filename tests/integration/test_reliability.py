@@ -21,7 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.integration.conftest import ServiceProcess, running_stack
-from tests.integration.harness import wait_until
+from tests.integration.harness import inbound_retry, wait_until
 
 LIMITS = {
     "MAX_CONNECTIONS_PER_USER": "2",
@@ -386,7 +386,17 @@ async def test_a_sidecar_outage_drops_no_connection_and_loses_no_event(tmp_path:
     journal = str(tmp_path / "journal.jsonl")
     with running_stack(
         "outage",
-        sidecar_args=["--journal", journal, "--retry-initial-s", "0.2", "--max-retries", "-1"],
+        sidecar_args=[
+            "--journal",
+            journal,
+            *inbound_retry(
+                "reliability-forever",
+                policy="exponential",
+                initialInterval="200ms",
+                maxInterval="5s",
+                maxRetries=-1,
+            ),
+        ],
     ) as stack:
         async with stack.client("out-u") as client, stack.client("out-u") as second:
             for i in range(150):
@@ -454,7 +464,13 @@ async def test_sigterm_closes_clients_over_a_jittered_window() -> None:
 def restartable(name: str) -> AbstractContextManager[ServiceProcess]:
     return running_stack(
         name,
-        sidecar_args=["--retry-initial-s", "0.2", "--retry-max-interval-s", "1"],
+        sidecar_args=inbound_retry(
+            "reliability-fast",
+            policy="exponential",
+            initialInterval="200ms",
+            maxInterval="1s",
+            maxRetries=20,
+        ),
         service_env_extra={"DRAIN_S": "0.2"},
     )
 
