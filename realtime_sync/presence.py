@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from realtime_sync.core.routing import Subscriptions
+from realtime_sync.core.routing import Routable
 from realtime_sync.state import (
     CONNECTION_PREFIX,
     ConflictError,
@@ -42,15 +42,9 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class Recorded(Protocol):
-    """What a connection's record is made of."""
+class Recorded(Routable, Protocol):
+    """What a connection's record is made of: a routable connection and its times."""
 
-    @property
-    def connection_id(self) -> str: ...
-    @property
-    def user_id(self) -> str: ...
-    @property
-    def subscriptions(self) -> Subscriptions: ...
     @property
     def connected_at(self) -> float: ...
     @property
