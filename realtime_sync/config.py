@@ -79,6 +79,9 @@ class Settings:
     app_port: int = setting(50051, "gRPC app callback port (Dapr sets it)", 0, 65535)
     pubsub_name: str = setting("pubsub", "Dapr pub/sub component")
     topic_name: str = setting("task-updates", "topic of task events")
+    control_topic: str = setting(
+        "realtime-sync-control", "topic of control messages between replicas (disconnect_user)"
+    )
     dead_letter_topic: str = setting("", "dead-letter topic (default: TOPIC_NAME-deadletter)")
     state_store_name: str = setting("statestore", "Dapr state store")
     jwt_secret: str = setting("", "HMAC key for HS* tokens (>= 32 bytes)")
@@ -89,6 +92,12 @@ class Settings:
     jwt_issuer: str = setting("", "required `iss` when set")
     jwt_leeway_s: float = setting(2.0, "clock leeway for exp/nbf", 0, 30)
     jwt_user_claim: str = setting("userId", "claim holding the user id")
+    max_token_lifetime_s: int = setting(
+        86400,
+        "longest token lifetime (exp - iat) accepted; TTL of a disconnect_user cutoff",
+        60,
+        90 * 86400,
+    )
     allowed_origins: tuple[str, ...] = setting(
         (), "browser origins allowed (unset: same-origin or no Origin)"
     )
@@ -231,7 +240,9 @@ def load_settings(
             raise SettingsError(f"JWT_PUBLIC_KEY_FILE cannot be read: {exc.strerror}") from None
         except UnicodeDecodeError:
             raise SettingsError("JWT_PUBLIC_KEY_FILE is not a PEM (text) file") from None
-    for name in ("pubsub_name", "topic_name", "state_store_name"):
+    if values["control_topic"] in {values["topic_name"], values["dead_letter_topic"]}:
+        raise SettingsError("CONTROL_TOPIC must differ from TOPIC_NAME and DEAD_LETTER_TOPIC")
+    for name in ("pubsub_name", "topic_name", "state_store_name", "control_topic"):
         if not values[name]:
             raise SettingsError(f"{ENV_OF[name]} must not be empty")
     if values["client_burst"] < 1:

@@ -24,10 +24,11 @@ from websockets.http11 import Request, Response
 
 from realtime_sync.config import Settings
 from realtime_sync.connection import ClientConnection, ExpiryTimer
-from realtime_sync.core.auth import AuthError, Identity, TokenVerifier
+from realtime_sync.core.auth import AuthError, Identity, TokenVerifier, revoked
 from realtime_sync.core.outbox import Outbox
 from realtime_sync.core.outcomes import CloseCode
 from realtime_sync.core.session import (
+    CheckCutoff,
     Close,
     Effect,
     ExpireAt,
@@ -39,6 +40,7 @@ from realtime_sync.core.session import (
     Touch,
     authenticate,
 )
+from realtime_sync.cutoffs import UserCutoffs
 from realtime_sync.hub import Hub
 from realtime_sync.metrics import Metrics
 from realtime_sync.presence import ConnectionRecords
@@ -102,9 +104,11 @@ class Gateway:
         records: ConnectionRecords,
         metrics: Metrics,
         readiness: Readiness,
+        cutoffs: UserCutoffs,
         static: StaticFiles | None = None,
     ) -> None:
         self.settings = settings
+        self.cutoffs = cutoffs
         self.hub = hub
         self.verifier = verifier
         self.records = records
@@ -182,7 +186,7 @@ class Gateway:
         token = _token_from(request)
         if token is not None and isinstance(ws, SyncConnection):
             try:
-                ws.identity = self.verifier.verify(token)
+                ws.identity = self.verifier.verify(token, time.time())
             except AuthError as exc:
                 ws.auth_error = str(exc)
         return None
@@ -219,7 +223,11 @@ class Gateway:
         )
         async with self._registered(conn) as expiry:
             try:
-                self._apply(conn, expiry, session.start())
+                # A cutoff learnt between the look-up and the registration closes it now.
+                if revoked(identity, self.cutoffs.known(identity.user_id)):
+                    self._apply(conn, expiry, session.disconnect())
+                else:
+                    self._apply(conn, expiry, session.start())
                 async for raw in ws:
                     if conn.closing:
                         break
@@ -229,14 +237,20 @@ class Gateway:
                 pass
 
     async def _admit(self, ws: ServerConnection) -> Identity | None:
-        """Who the client is, or None once it has been closed (4001, or 4029 when its user
-        holds too many connections)."""
+        """Who the client is, or None once it has been closed (4001; 4003 for a token
+        issued before its user's `disconnect_user` cutoff; 4029 when its user holds too
+        many connections)."""
         self._handshaking += 1
         try:
             identity = await self._authenticate(ws)
         finally:
             self._handshaking -= 1
         if identity is None:
+            return None
+        if revoked(identity, await self.cutoffs.lookup(identity.user_id)):
+            self.metrics.closes.labels(str(int(CloseCode.ACCESS_REVOKED))).inc()
+            log.info("client refused: token issued before its user's cutoff")
+            await ws.close(CloseCode.ACCESS_REVOKED, "access revoked")
             return None
         if self.hub.registry.count_for(identity.user_id) >= self.settings.max_connections_per_user:
             self.metrics.closes.labels(str(int(CloseCode.TOO_MANY))).inc()
@@ -301,6 +315,11 @@ class Gateway:
             if isinstance(action, Resume):
                 payloads = await self.hub.resume(conn, action.request)
                 self._apply(conn, expiry, conn.session.resumed(action.request, payloads))
+            elif isinstance(action, CheckCutoff):
+                cutoff = await self.cutoffs.lookup(conn.user_id)
+                self._apply(
+                    conn, expiry, conn.session.refreshed(action.request, action.identity, cutoff)
+                )
             else:
                 self._apply(conn, expiry, [action])
         if changed := len(conn.subscriptions) - before:
@@ -328,6 +347,19 @@ class Gateway:
             sent += 1
         self.metrics.messages_sent.inc(sent)
         self.metrics.bytes_sent.inc(sum(len(p) for p in payloads[:sent]))
+
+    # -- disconnect_user ---------------------------------------------------------------
+
+    def disconnect_user(self, user_id: str) -> int:
+        """Close every connection of the user on this replica with 4003; how many."""
+        conns = list(self.hub.registry.of_user(user_id))
+        for conn in conns:
+            for effect in conn.session.disconnect():
+                if isinstance(effect, Close):
+                    conn.close(effect.code, effect.reason)
+        if conns:
+            log.info("user disconnected", extra={"user_id": user_id, "connections": len(conns)})
+        return len(conns)
 
     # -- shutdown ------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import aiohttp
 from realtime_sync.bridge import Bridge, Slots
 from realtime_sync.config import Settings, instance_name
 from realtime_sync.core.auth import TokenVerifier
+from realtime_sync.cutoffs import UserCutoffs, UserDisconnects
 from realtime_sync.dispatcher import Dispatcher
 from realtime_sync.hub import Hub
 from realtime_sync.metrics import Metrics
@@ -85,6 +86,10 @@ class Service:
             issuer=s.jwt_issuer or None,
             leeway_s=s.jwt_leeway_s,
             user_claim=s.jwt_user_claim,
+            max_lifetime_s=s.max_token_lifetime_s,
+        )
+        cutoffs = UserCutoffs(
+            state, ttl_s=s.max_token_lifetime_s, metrics=self.metrics, clock=time.time
         )
         gateway = Gateway(
             settings=s,
@@ -93,6 +98,7 @@ class Service:
             records=records,
             metrics=self.metrics,
             readiness=self.readiness,
+            cutoffs=cutoffs,
             static=load_board() if s.board else None,
         )
 
@@ -107,6 +113,13 @@ class Service:
             loop=loop,
             on_subscriptions_listed=listed,
             presence=lambda user: lookup_presence(state, user),
+            disconnects=UserDisconnects(
+                cutoffs,
+                close_local=gateway.disconnect_user,
+                publish=lambda data: state.publish(s.pubsub_name, s.control_topic, data),
+                metrics=self.metrics,
+                clock=time.time,
+            ),
         )
         await gateway.start()
         app_port = subscriber.start()
