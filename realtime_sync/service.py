@@ -77,7 +77,13 @@ class Service:
             slots=slots, shares=shares, ack_ahead=s.ack_ahead, route=dispatcher.route_round
         )
         records = ConnectionRecords(
-            state, hub.registry, replica=s.replica_id, ttl_s=s.connection_ttl_s
+            state,
+            hub.registry,
+            replica=s.replica_id,
+            ttl_s=s.connection_ttl_s,
+            max_record_subscriptions=s.record_max_subscriptions,
+            max_batch_bytes=s.presence_batch_bytes,
+            metrics=self.metrics,
         )
         verifier = TokenVerifier(
             algorithms=s.jwt_algorithms,

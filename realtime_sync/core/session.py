@@ -102,6 +102,8 @@ class SessionLimits:
     rate: float  # client frames per second
     burst: float
     heartbeat_s: float
+    since_lookup_rate: float = 1.0  # `since` look-ups that read the state store, per second
+    since_lookup_burst: float = 5.0
 
 
 def authenticate(raw: str | bytes, verifier: TokenVerifier) -> Identity | Close:
@@ -144,6 +146,9 @@ class Session:
         self._verifier = verifier
         self._limits = limits
         self._bucket = TokenBucket(rate=limits.rate, burst=limits.burst, now=now)
+        self._store_reads = TokenBucket(
+            rate=limits.since_lookup_rate, burst=limits.since_lookup_burst, now=now
+        )
 
     def start(self) -> list[Effect]:
         """The first frame, and the expiry timer."""
@@ -213,6 +218,12 @@ class Session:
         if self.closed:
             return []
         return [self._close(CloseCode.ACCESS_REVOKED, "access revoked")]
+
+    def may_read_store(self, now: float) -> bool:
+        """A `since` that missed the resume buffer may read the state store (a saved
+        snapshot) only within its own rate; past it the client gets `resync_required`
+        without the read (an unknown `since` must not buy a state read each time)."""
+        return self._store_reads.allow(now)
 
     def expire(self, now: float) -> list[Effect]:
         """The expiry timer fired: close with 4002 once past the token's expiry (with the
