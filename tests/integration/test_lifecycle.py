@@ -115,15 +115,17 @@ def topic_event(data: bytes, event_id: str = "grpc-1") -> Any:
 
 
 def test_the_app_lists_its_subscription_with_the_dead_letter_topic(stack: ServiceProcess) -> None:
+    """The task topic (with its dead-letter topic), and the control topic between replicas
+    (`disconnect_user`) on the same component."""
     channel, stub = grpc_stub(stack)
     with channel:
         reply = stub.ListTopicSubscriptions(Empty(), timeout=5)
-    [sub] = list(reply.subscriptions)
-    assert (sub.pubsub_name, sub.topic, sub.dead_letter_topic) == (
-        "pubsub",
-        "task-updates",
-        "task-updates-deadletter",
-    )
+    assert sorted(
+        (sub.pubsub_name, sub.topic, sub.dead_letter_topic) for sub in reply.subscriptions
+    ) == [
+        ("pubsub", "realtime-sync-control", ""),
+        ("pubsub", "task-updates", "task-updates-deadletter"),
+    ]
 
 
 def test_on_topic_event_answers_drop_for_bad_data_and_success_for_good(
@@ -211,7 +213,7 @@ async def test_the_app_token_is_required_on_the_grpc_port() -> None:
             ok = stub.ListTopicSubscriptions(
                 Empty(), metadata=(("dapr-api-token", token),), timeout=5
             )
-            assert len(ok.subscriptions) == 1
+            assert len(ok.subscriptions) == 2  # the task topic and the control topic
 
 
 def test_concurrent_set_task_shares_all_succeed_and_one_list_wins(stack: ServiceProcess) -> None:
