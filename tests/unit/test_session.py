@@ -292,3 +292,23 @@ def test_authenticate_takes_only_an_auth_frame_with_a_valid_token() -> None:
     assert authenticate(frame(type="auth", token="not.a.token"), VERIFIER) == Close(
         CloseCode.UNAUTHORIZED, "invalid token"
     )
+
+
+def test_store_reads_for_since_are_rated_per_connection() -> None:
+    limits = SessionLimits(
+        max_subscriptions=3,
+        rate=1.0,
+        burst=5.0,
+        heartbeat_s=30.0,
+        since_lookup_rate=1.0,
+        since_lookup_burst=2.0,
+    )
+    session = Session(
+        connection_id="c1",
+        identity=Identity(user_id="alice", expires_at=T0 + 60),
+        verifier=VERIFIER,
+        limits=limits,
+        now=T0,
+    )
+    assert [session.may_read_store(T0) for _ in range(3)] == [True, True, False]
+    assert session.may_read_store(T0 + 1)
