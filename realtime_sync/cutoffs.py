@@ -38,9 +38,9 @@ def cutoff_key(user_id: str) -> str:
 
 
 def cutoff_at(now: float) -> int:
-    """The cutoff of a call made at `now`: rounded up to the whole second (tokens' `iat`
-    is whole seconds, so every token issued before the call is below it)."""
-    return math.ceil(now)
+    """The cutoff of a call made at `now`: the next whole second (tokens' `iat` is whole
+    seconds, so every token issued up to the call is below it)."""
+    return math.floor(now) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +111,9 @@ class UserCutoffs:
         self._learnt: OrderedDict[str, int] = OrderedDict()  # from control messages
 
     def learn(self, message: Disconnect) -> None:
-        """A control message (or this replica's own call): the cutoff holds here at once."""
+        """A control message (or this replica's own call): the cutoff holds here at once.
+        A replayed old one (a new consumer group reads a retained stream from its start)
+        lapses after the TTL like any other."""
         user = message.user_id
         self._learnt[user] = _later(self._learnt.get(user), message.cutoff) or message.cutoff
         self._learnt.move_to_end(user)
@@ -165,7 +167,7 @@ class UserDisconnects:
         self,
         cutoffs: UserCutoffs,
         *,
-        close_local: Callable[[str], int],
+        close_local: Callable[[str, int], int],
         publish: Callable[[bytes], Awaitable[None]],
         metrics: Metrics,
         clock: Callable[[], float],
@@ -181,7 +183,7 @@ class UserDisconnects:
         message. Raises StateUnavailable (the caller retries: a later cutoff is as good)."""
         message = Disconnect(user_id, cutoff_at(self._clock()))
         await self._cutoffs.store(message)
-        closed = self._close_local(user_id)
+        closed = self._close_local(user_id, message.cutoff)
         await self._publish(message.encode())
         log.info("disconnect_user", extra={"user_id": user_id, "cutoff": message.cutoff})
         return {"user_id": user_id, "cutoff": message.cutoff, "closed_here": closed}
@@ -190,4 +192,4 @@ class UserDisconnects:
         """A control message, on every replica (the caller's too)."""
         self._cutoffs.learn(message)
         self._metrics.users_disconnected.inc()
-        self._close_local(message.user_id)
+        self._close_local(message.user_id, message.cutoff)

@@ -273,8 +273,9 @@ class Gateway:
         async with self._registered(conn) as expiry:
             try:
                 # A cutoff learnt between the look-up and the registration closes it now.
-                if revoked(identity, self.cutoffs.known(identity.user_id)):
-                    self._apply(conn, expiry, session.disconnect())
+                cutoff = self.cutoffs.known(identity.user_id)
+                if cutoff is not None and revoked(identity, cutoff):
+                    self._apply(conn, expiry, session.disconnect(cutoff))
                 else:
                     self._apply(conn, expiry, session.start())
                 async for raw in ws:
@@ -414,16 +415,18 @@ class Gateway:
 
     # -- disconnect_user ---------------------------------------------------------------
 
-    def disconnect_user(self, user_id: str) -> int:
-        """Close every connection of the user on this replica with 4003; how many."""
-        conns = list(self.hub.registry.of_user(user_id))
-        for conn in conns:
-            for effect in conn.session.disconnect():
+    def disconnect_user(self, user_id: str, cutoff: int) -> int:
+        """Close with 4003 every connection of the user on this replica whose token was
+        issued before the cutoff; how many."""
+        closed = 0
+        for conn in self.hub.registry.of_user(user_id):
+            for effect in conn.session.disconnect(cutoff):
                 if isinstance(effect, Close):
                     conn.close(effect.code, effect.reason)
-        if conns:
-            log.info("user disconnected", extra={"user_id": user_id, "connections": len(conns)})
-        return len(conns)
+                    closed += 1
+        if closed:
+            log.info("user disconnected", extra={"user_id": user_id, "connections": closed})
+        return closed
 
     # -- shutdown ------------------------------------------------------------------------
 

@@ -32,10 +32,10 @@ class Identity:
 
 
 def revoked(identity: Identity, cutoff: int | None) -> bool:
-    """Is this token cut off by `disconnect_user`? `cutoff` is the call's Unix time
-    rounded up to the whole second, so a token issued before the call (its `iat`, whole
-    seconds, is then below the cutoff) is refused; a token minted in the call's own second
-    is refused too (the safe side). A token without `iat` cannot show when it was issued:
+    """Is this token cut off by `disconnect_user`? `cutoff` is the whole Unix second after
+    the call, so a token issued up to the call (its `iat`, whole seconds, is then below the
+    cutoff) is refused; a token minted in the call's own second is refused too (the safe
+    side). A token without `iat` cannot show when it was issued:
     refused while a cutoff holds."""
     if cutoff is None:
         return False

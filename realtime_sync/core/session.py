@@ -205,19 +205,23 @@ class Session:
         if self.closed:
             return []
         if revoked(identity, cutoff):
-            current = Identity(self.user_id, self.expires_at, self.issued_at)
-            if revoked(current, cutoff):
+            if revoked(self._identity(), cutoff):
                 return [self._close(CloseCode.ACCESS_REVOKED, "access revoked")]
             return [Send(error_frame("refresh_refused", "token revoked", request.id))]
         self.expires_at = identity.expires_at
         self.issued_at = identity.issued_at
         return [self._expiry(), Send(refreshed_frame(request.id, identity.expires_at))]
 
-    def disconnect(self) -> list[Effect]:
-        """`disconnect_user` named this connection's user: close with 4003."""
-        if self.closed:
+    def disconnect(self, cutoff: int) -> list[Effect]:
+        """`disconnect_user` named this connection's user: close with 4003 if its token
+        was issued before the cutoff (a connection opened with a newer token stays, so a
+        late or replayed control message cannot cut off the user's next session)."""
+        if self.closed or not revoked(self._identity(), cutoff):
             return []
         return [self._close(CloseCode.ACCESS_REVOKED, "access revoked")]
+
+    def _identity(self) -> Identity:
+        return Identity(self.user_id, self.expires_at, self.issued_at)
 
     def may_read_store(self, now: float) -> bool:
         """A `since` that missed the resume buffer may read the state store (a saved

@@ -56,7 +56,7 @@ def make() -> tuple[UserCutoffs, Store, Clock]:
 
 
 def test_a_cutoff_is_the_calls_second_rounded_up() -> None:
-    assert cutoff_at(100.0) == 100
+    assert cutoff_at(100.0) == 101
     assert cutoff_at(100.2) == 101
 
 

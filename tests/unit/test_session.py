@@ -260,10 +260,17 @@ def test_a_refresh_with_a_token_issued_at_or_after_the_cutoff_is_taken() -> None
     assert reply["type"] == "refreshed"
 
 
-def test_disconnect_closes_4003_once() -> None:
-    session = make_session()
-    assert session.disconnect() == [Close(CloseCode.ACCESS_REVOKED, "access revoked")]
-    assert session.disconnect() == []
+def test_disconnect_closes_4003_once_a_connection_whose_token_is_before_the_cutoff() -> None:
+    session = make_session(issued_at=T0)
+    cutoff = int(T0) + 1
+    assert session.disconnect(cutoff) == [Close(CloseCode.ACCESS_REVOKED, "access revoked")]
+    assert session.disconnect(cutoff) == []
+
+
+def test_disconnect_leaves_a_connection_opened_with_a_newer_token() -> None:
+    session = make_session(issued_at=T0 + 10)
+    assert session.disconnect(int(T0) + 1) == []
+    assert not session.closed
 
 
 def test_expiry_closes_4002_only_once_past_the_deadline() -> None:
