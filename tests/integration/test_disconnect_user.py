@@ -15,12 +15,13 @@ import urllib.request
 from contextlib import AsyncExitStack
 from typing import Any
 
+import jwt
 import orjson
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.integration.conftest import ServiceProcess
+from tests.integration.conftest import SECRET, ServiceProcess
 from tests.integration.harness import SidecarProcess
 from tests.integration.test_replicas import two_replicas, until, watch
 
@@ -88,6 +89,15 @@ async def test_disconnect_user_closes_the_user_on_every_replica_and_refuses_old_
             fresh = a.token(USER)
             assert await close_code_of(a, fresh) is None
             assert await close_code_of(b, fresh) is None
+            # On the new connection, a refresh with the old token is refused.
+            async with b.client(USER, token=fresh) as client:
+                await client.send({"type": "refresh", "token": old_token, "id": "r"})
+                assert await client.next() == {
+                    "type": "error",
+                    "code": "refresh_refused",
+                    "message": "token revoked",
+                    "id": "r",
+                }
 
             for service in (a, b):
                 assert service.metric("realtime_sync_users_disconnected_total") == 1
@@ -103,3 +113,24 @@ async def test_disconnect_user_closes_the_user_on_every_replica_and_refuses_old_
 def test_disconnect_user_refuses_a_malformed_request(stack: ServiceProcess, body: bytes) -> None:
     status, _ = invoke(stack.sidecar, "disconnect_user", body)
     assert status == 400
+
+
+async def test_a_replica_that_missed_the_control_message_reads_the_cutoff_at_the_handshake(
+    stack: ServiceProcess,
+) -> None:
+    """The cutoff another replica stored (its control message never came here): the old
+    token is refused with 4003, and so is one without `iat`."""
+    user = "cut-missed"
+    old_token = stack.token(user)
+    no_iat = jwt.encode({"userId": user, "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
+    assert await close_code_of(stack, old_token) is None
+    assert await close_code_of(stack, no_iat) is None
+    cutoff = int(time.time()) + 1
+    assert stack.sidecar.save_state([{"key": f"cutoff:{user}", "value": cutoff}]) == 204
+    # The look-up is cached per user for a moment: wait for the refusal, not a fixed time.
+    deadline = time.monotonic() + 10
+    while await close_code_of(stack, old_token) is None:
+        assert time.monotonic() < deadline, "the stored cutoff was never read"
+        await asyncio.sleep(0.2)
+    assert await close_code_of(stack, old_token) == 4003
+    assert await close_code_of(stack, no_iat) == 4003
