@@ -344,6 +344,7 @@ class Gateway:
                 return ws.identity
         address = _address(ws)
         if self._unauthenticated_refusal(address) is not None:  # others got in first
+            self.metrics.closes.labels(str(int(CloseCode.TOO_MANY))).inc()
             await ws.close(CloseCode.TOO_MANY, "too many unauthenticated sockets")
             return None
         self._unauthenticated[address] += 1
