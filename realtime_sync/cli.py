@@ -48,7 +48,7 @@ def _cmd_sidecar(args: argparse.Namespace) -> int:
 def _cmd_dev(args: argparse.Namespace) -> int:
     from realtime_sync.dev import run_dev  # noqa: PLC0415
 
-    return run_dev(demo=not args.no_demo, demo_rate=args.demo_rate)
+    return run_dev(demo=not args.no_demo, demo_rate=args.demo_rate, host=args.host)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -252,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--no-demo", action="store_true", help="do not start the demo publisher")
     dev.add_argument("--demo-rate", type=float, default=1.0, help="demo events per second (1)")
+    dev.add_argument(
+        "--host",
+        default=None,
+        help="interface the board, WebSocket and /metrics listen on "
+        "(default: WS_HOST, else 127.0.0.1; 0.0.0.0 exposes them to the network)",
+    )
     dev.set_defaults(func=_cmd_dev)
 
     demo = sub.add_parser(

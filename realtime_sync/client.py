@@ -3,8 +3,8 @@
 It keeps one connection open for as long as it runs, and hides the network from its user:
 
 * the token is a string, or a callable (sync or async) that is asked again before every
-  connection attempt — after a close with 4001 (unauthorized) or 4002 (token expired) a
-  refused token is never sent again;
+  connection attempt — after a close with 4001 (unauthorized), 4002 (token expired) or
+  4003 (access revoked) a refused token is never sent again;
 * it reconnects with exponential backoff and *full* jitter (``uniform(0, min(cap,
   base * 2**attempt))``), so clients dropped together by a restart do not come back
   together;
@@ -107,7 +107,7 @@ class ClientError(Exception):
 
 
 class TokenRefused(ClientError):
-    """The server refused the token (4001/4002) and no fresh token is available."""
+    """The server refused the token (4001/4002/4003) and no fresh token is available."""
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(f"token refused by the server ({code} {reason})".strip())

@@ -79,6 +79,9 @@ class Settings:
     app_port: int = setting(50051, "gRPC app callback port (Dapr sets it)", 0, 65535)
     pubsub_name: str = setting("pubsub", "Dapr pub/sub component")
     topic_name: str = setting("task-updates", "topic of task events")
+    control_topic: str = setting(
+        "realtime-sync-control", "topic of control messages between replicas (disconnect_user)"
+    )
     dead_letter_topic: str = setting("", "dead-letter topic (default: TOPIC_NAME-deadletter)")
     state_store_name: str = setting("statestore", "Dapr state store")
     jwt_secret: str = setting("", "HMAC key for HS* tokens (>= 32 bytes)")
@@ -89,6 +92,12 @@ class Settings:
     jwt_issuer: str = setting("", "required `iss` when set")
     jwt_leeway_s: float = setting(2.0, "clock leeway for exp/nbf", 0, 30)
     jwt_user_claim: str = setting("userId", "claim holding the user id")
+    max_token_lifetime_s: int = setting(
+        86400,
+        "longest token lifetime (exp - iat) accepted; TTL of a disconnect_user cutoff",
+        60,
+        90 * 86400,
+    )
     allowed_origins: tuple[str, ...] = setting(
         (), "browser origins allowed (unset: same-origin or no Origin)"
     )
@@ -103,11 +112,31 @@ class Settings:
     max_frame_bytes: int = setting(65536, "largest client frame", 256, 1 << 24)
     max_connections_per_user: int = setting(50, "per user", 1, 10**6)
     max_connections: int = setting(20_000, "per replica", 1, 10**7)
+    max_unauthenticated: int = setting(
+        1000, "token-less sockets waiting for their auth frame, per replica", 1, 10**6
+    )
+    max_unauthenticated_per_address: int = setting(
+        100, "token-less sockets waiting for their auth frame, per client address", 1, 10**6
+    )
     client_rate: float = setting(20.0, "client frames per second", 0.01, 10**6)
     client_burst: float = setting(40.0, "client frame burst", 1, 10**6)
     max_subscriptions: int = setting(1000, "per connection", 1, 10**6)
+    since_lookup_rate: float = setting(
+        1.0,
+        "`since` look-ups missing the buffer that may read the state store, per second "
+        "per connection",
+        0.01,
+        10**4,
+    )
+    since_lookup_burst: float = setting(5.0, "burst of those look-ups", 1, 10**4)
     shares_cache_s: float = setting(5.0, "share list cache age", 0, 3600)
     connection_ttl_s: int = setting(60, "TTL of connection records", 3, 86400)
+    record_max_subscriptions: int = setting(
+        100, "subscriptions listed in a connection record (then a count)", 0, 10**5
+    )
+    presence_batch_bytes: int = setting(
+        1 << 20, "largest bulk save of connection records (gRPC's limit is 4 MiB)", 4096, 3 << 20
+    )
     compression: str = setting("off", "permessage-deflate", choices=("off", "deflate"))
     app_api_token: str = setting("", "token daprd must send to the app")
     dapr_timeout_s: float = setting(2.0, "deadline of sidecar calls", 0.05, 120)
@@ -231,7 +260,9 @@ def load_settings(
             raise SettingsError(f"JWT_PUBLIC_KEY_FILE cannot be read: {exc.strerror}") from None
         except UnicodeDecodeError:
             raise SettingsError("JWT_PUBLIC_KEY_FILE is not a PEM (text) file") from None
-    for name in ("pubsub_name", "topic_name", "state_store_name"):
+    if values["control_topic"] in {values["topic_name"], values["dead_letter_topic"]}:
+        raise SettingsError("CONTROL_TOPIC must differ from TOPIC_NAME and DEAD_LETTER_TOPIC")
+    for name in ("pubsub_name", "topic_name", "state_store_name", "control_topic"):
         if not values[name]:
             raise SettingsError(f"{ENV_OF[name]} must not be empty")
     if values["client_burst"] < 1:

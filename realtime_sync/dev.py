@@ -144,9 +144,15 @@ class DevProcesses:
                 proc.kill()
 
 
-def dev_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The children's environment: the caller's, default ports, a fresh dev secret."""
+DEV_HOST = "127.0.0.1"
+
+
+def dev_environment(environ: Mapping[str, str], host: str | None = None) -> dict[str, str]:
+    """The children's environment: the caller's, default ports, a fresh dev secret. The
+    service (board, WebSocket, unauthenticated /metrics) listens on `host`, else WS_HOST,
+    else the loopback interface only."""
     env = dict(environ)
+    env["WS_HOST"] = host or env.get("WS_HOST") or DEV_HOST
     if not env.get("JWT_SECRET"):
         env["JWT_SECRET"] = secrets.token_urlsafe(32)
     for name, port in DEFAULT_PORTS.items():
@@ -156,13 +162,13 @@ def dev_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def run_dev(*, demo: bool, demo_rate: float) -> int:
+def run_dev(*, demo: bool, demo_rate: float, host: str | None = None) -> int:
     """Start the dev sidecar, the service and (optionally) the demo; print how to use
     them; return when the service exits or a stop signal arrives."""
     from realtime_sync.core.auth import mint_token  # noqa: PLC0415
 
     try:
-        with DevProcesses(dev_environment(os.environ)) as procs:
+        with DevProcesses(dev_environment(os.environ, host)) as procs:
             env = procs.env
             # As `dapr run -f dapr.yaml`: the shipped resources (resiliency) and app health
             # checks. /v1.0/healthz waits for the app (as daprd's does); the APIs answer first.

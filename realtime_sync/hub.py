@@ -42,11 +42,17 @@ class Hub:
         self.metrics = metrics
         self.clock = clock
 
-    async def resume(self, conn: ClientConnection, msg: Subscribe) -> list[bytes] | None:
+    async def resume(
+        self,
+        conn: ClientConnection,
+        msg: Subscribe,
+        may_read_store: Callable[[], bool] = lambda: True,
+    ) -> list[bytes] | None:
         """The payloads this connection missed after msg.since for this subscription, or None.
 
         On a miss, a snapshot saved by a previous run of the service (at its shutdown) is
-        merged in first, so clients resume across a restart.
+        merged in first, so clients resume across a restart, if `may_read_store` allows
+        the state read (the connection's rate of such reads).
         """
         assert msg.since is not None
         wanted = msg.task_key
@@ -56,6 +62,10 @@ class Hub:
 
         payloads = self.buffers.since(conn.user_id, msg.since, self.clock(), matches)
         if payloads is None and self.snapshots is not None:
+            if not may_read_store():
+                self.metrics.limits_hit.labels("since_lookups").inc()
+                self.metrics.resume.labels("not_recovered").inc()
+                return None
             try:
                 older = await self.snapshots.load(conn.user_id)
             except StateUnavailable as exc:

@@ -91,6 +91,23 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.cutoff_lookups = Counter(
+            "realtime_sync_cutoff_lookups",
+            "Reads of a user's disconnect_user cutoff from the state store, by result",
+            ["result"],
+            registry=r,
+        )
+        self.users_disconnected = Counter(
+            "realtime_sync_users_disconnected",
+            "disconnect_user control messages applied by this replica",
+            registry=r,
+        )
+        self.limits_hit = Counter(
+            "realtime_sync_limits_hit",
+            "Times a bound an attacker could push was reached, by limit",
+            ["limit"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import orjson
 
 from realtime_sync.core.routing import Routable
+from realtime_sync.metrics import Metrics
 from realtime_sync.state import (
     CONNECTION_PREFIX,
     ConflictError,
@@ -36,6 +37,7 @@ FLUSH_INTERVAL_S = 1.0
 MAX_BATCH = 500
 PRESENCE_PREFIX = "presence:"
 REPLICAS_KEY = "replicas"
+ITEM_OVERHEAD = 64  # protobuf framing and the ttlInSeconds metadata of one saved item
 
 
 def _iso(ts: float) -> str:
@@ -60,7 +62,10 @@ class OpenConnections(Protocol):
     def of_user(self, user_id: str) -> Sequence[Recorded]: ...
 
 
-def record_of(conn: Recorded, replica: str) -> bytes:
+def record_of(conn: Recorded, replica: str, max_subscriptions: int = 100) -> bytes:
+    """A connection's record. Its subscriptions are summarised past `max_subscriptions`:
+    the first that many (sorted, `*` first) and `subscription_count`, the total."""
+    subscriptions = conn.subscriptions.describe()
     return orjson.dumps(
         {
             "id": conn.connection_id,
@@ -68,9 +73,26 @@ def record_of(conn: Recorded, replica: str) -> bytes:
             "replica": replica,
             "connected_at": _iso(conn.connected_at),
             "last_activity": _iso(conn.last_activity),
-            "subscriptions": conn.subscriptions.describe(),
+            "subscriptions": subscriptions[:max_subscriptions],
+            "subscription_count": len(subscriptions),
         }
     )
+
+
+def batches(
+    items: Sequence[tuple[str, bytes]], max_bytes: int
+) -> Iterator[Sequence[tuple[str, bytes]]]:
+    """Consecutive runs of items whose keys and values add up to at most `max_bytes` (an
+    item larger than that alone): one bulk save each stays under gRPC's message limit."""
+    start, size = 0, 0
+    for i, (key, value) in enumerate(items):
+        cost = len(key) + len(value) + ITEM_OVERHEAD
+        if i > start and size + cost > max_bytes:
+            yield items[start:i]
+            start, size = i, 0
+        size += cost
+    if start < len(items):
+        yield items[start:]
 
 
 def presence_key(user_id: str, replica: str) -> str:
@@ -91,8 +113,19 @@ class ConnectionRecords:
     and `closed` mark what changed; each flush writes it (the registry is read then)."""
 
     def __init__(
-        self, state: DaprState, connections: OpenConnections, *, replica: str, ttl_s: int
+        self,
+        state: DaprState,
+        connections: OpenConnections,
+        *,
+        replica: str,
+        ttl_s: int,
+        max_record_subscriptions: int = 100,
+        max_batch_bytes: int = 1 << 20,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._max_record_subscriptions = max_record_subscriptions
+        self._max_batch_bytes = max_batch_bytes
+        self._metrics = metrics
         self._state = state
         self._connections = connections
         self._replica = replica
@@ -169,20 +202,33 @@ class ConnectionRecords:
                 if self._has_open(u)
             ]
             items = [
-                (CONNECTION_PREFIX + cid, record_of(conn, self._replica))
+                (CONNECTION_PREFIX + cid, self._record(conn))
                 for cid in batch
                 if (conn := self._connections.get(cid)) is not None
             ]
             items += [
                 (presence_key(u, self._replica), orjson.dumps(self._ids_of(u))) for u in users
             ]
+            chunks = list(batches(items, self._max_batch_bytes))
+            if len(chunks) > 1:
+                self._hit("presence_batch")
             try:
-                await self._state.save_many(items, ttl_s=self._ttl)
+                for chunk in chunks:
+                    await self._state.save_many(chunk, ttl_s=self._ttl)
             except StateUnavailable as exc:
                 self._dirty.update(c for c in batch if self._is_open(c))
                 self._dirty_users.update(users)
                 log.warning("saving connection records failed", extra={"reason": str(exc)})
                 return
+
+    def _record(self, conn: Recorded) -> bytes:
+        if len(conn.subscriptions) > self._max_record_subscriptions:
+            self._hit("record_subscriptions")
+        return record_of(conn, self._replica, self._max_record_subscriptions)
+
+    def _hit(self, limit: str) -> None:
+        if self._metrics is not None:
+            self._metrics.limits_hit.labels(limit).inc()
 
     async def _announce(self, *, leaving: bool = False) -> None:
         """Add (or remove) this replica in the `replicas` map, pruning lapsed entries."""

@@ -12,6 +12,7 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
@@ -24,10 +25,11 @@ from websockets.http11 import Request, Response
 
 from realtime_sync.config import Settings
 from realtime_sync.connection import ClientConnection, ExpiryTimer
-from realtime_sync.core.auth import AuthError, Identity, TokenVerifier
+from realtime_sync.core.auth import AuthError, Identity, TokenVerifier, revoked
 from realtime_sync.core.outbox import Outbox
 from realtime_sync.core.outcomes import CloseCode
 from realtime_sync.core.session import (
+    CheckCutoff,
     Close,
     Effect,
     ExpireAt,
@@ -39,13 +41,16 @@ from realtime_sync.core.session import (
     Touch,
     authenticate,
 )
+from realtime_sync.cutoffs import UserCutoffs
 from realtime_sync.hub import Hub
 from realtime_sync.metrics import Metrics
 from realtime_sync.presence import ConnectionRecords
-from realtime_sync.static import StaticFiles
+from realtime_sync.static import SECURITY_HEADERS, StaticFiles
 
 log = logging.getLogger(__name__)
 WS_PATH = "/ws"
+# Headers a request may carry once: a second one is ambiguous (which Origin? which token?).
+SINGLE_HEADERS = ("Host", "Origin", "Authorization", "Upgrade")
 
 
 class Readiness:
@@ -85,8 +90,16 @@ def _token_from(request: Request) -> str | None:
     return values[0] if values and values[0] else None
 
 
-def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
+def _address(ws: ServerConnection) -> str:
+    """The client's IP address (behind a proxy: the proxy's)."""
+    remote = ws.remote_address
+    return str(remote[0]) if remote else "unknown"
+
+
+def _response(
+    status: HTTPStatus, body: bytes, content_type: str, extra: tuple[tuple[str, str], ...] = ()
+) -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))), *extra])
     return Response(status.value, status.phrase, headers, body)
 
 
@@ -102,9 +115,11 @@ class Gateway:
         records: ConnectionRecords,
         metrics: Metrics,
         readiness: Readiness,
+        cutoffs: UserCutoffs,
         static: StaticFiles | None = None,
     ) -> None:
         self.settings = settings
+        self.cutoffs = cutoffs
         self.hub = hub
         self.verifier = verifier
         self.records = records
@@ -112,12 +127,16 @@ class Gateway:
         self.readiness = readiness
         self.static = static
         self.server: Server | None = None
-        self._handshaking = 0
+        # Token-less sockets waiting for their auth frame: bounded apart from
+        # MAX_CONNECTIONS, in total and per client address.
+        self._unauthenticated: Counter[str] = Counter()
         self._limits = SessionLimits(
             max_subscriptions=settings.max_subscriptions,
             rate=settings.client_rate,
             burst=settings.client_burst,
             heartbeat_s=settings.heartbeat_s,
+            since_lookup_rate=settings.since_lookup_rate,
+            since_lookup_burst=settings.since_lookup_burst,
         )
 
     async def start(self) -> Server:
@@ -151,6 +170,13 @@ class Gateway:
     # -- HTTP, before the upgrade --------------------------------------------------------
 
     def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        for name in SINGLE_HEADERS:
+            if len(request.headers.get_all(name)) > 1:
+                self.metrics.handshakes_refused.labels("duplicate_header").inc()
+                log.info("request refused: duplicate header", extra={"header": name})
+                return _response(
+                    HTTPStatus.BAD_REQUEST, f"duplicate {name} header\n".encode(), "text/plain"
+                )
         path = urlsplit(request.path).path
         if path == "/healthz":
             return _response(HTTPStatus.OK, b"ok\n", "text/plain; charset=utf-8")
@@ -163,7 +189,7 @@ class Gateway:
             found = self.static.get(path)
             if found is not None:
                 body, content_type = found
-                return _response(HTTPStatus.OK, body, content_type)
+                return _response(HTTPStatus.OK, body, content_type, SECURITY_HEADERS)
         if path != WS_PATH:
             return _response(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
         return self._check_handshake(ws, request)
@@ -172,19 +198,46 @@ class Gateway:
         if self.readiness.draining:
             self.metrics.handshakes_refused.labels("draining").inc()
             return _response(HTTPStatus.SERVICE_UNAVAILABLE, b"shutting down\n", "text/plain")
-        if len(self.hub.registry) + self._handshaking >= self.settings.max_connections:
-            self.metrics.handshakes_refused.labels("capacity").inc()
-            return _response(HTTPStatus.SERVICE_UNAVAILABLE, b"at capacity\n", "text/plain")
+        token = _token_from(request)
+        if token is None:
+            refused = self._unauthenticated_refusal(_address(ws))
+            if refused is not None:
+                return refused
+        elif len(self.hub.registry) >= self.settings.max_connections:
+            return self._at_capacity()
         if not self._origin_allowed(request):
             self.metrics.handshakes_refused.labels("origin").inc()
             log.info("handshake refused: origin not allowed")
             return _response(HTTPStatus.FORBIDDEN, b"origin not allowed\n", "text/plain")
-        token = _token_from(request)
         if token is not None and isinstance(ws, SyncConnection):
             try:
-                ws.identity = self.verifier.verify(token)
+                ws.identity = self.verifier.verify(token, time.time())
             except AuthError as exc:
                 ws.auth_error = str(exc)
+        return None
+
+    def _at_capacity(self) -> Response:
+        self.metrics.handshakes_refused.labels("capacity").inc()
+        return _response(HTTPStatus.SERVICE_UNAVAILABLE, b"at capacity\n", "text/plain")
+
+    def _unauthenticated_refusal(self, address: str) -> Response | None:
+        """A token-less socket holds a slot of its own bound until its auth frame: 503
+        past MAX_UNAUTHENTICATED, 429 past MAX_UNAUTHENTICATED_PER_ADDRESS."""
+        s = self.settings
+        if self._unauthenticated.total() >= s.max_unauthenticated:
+            self.metrics.limits_hit.labels("unauthenticated").inc()
+            self.metrics.handshakes_refused.labels("unauthenticated").inc()
+            return _response(
+                HTTPStatus.SERVICE_UNAVAILABLE, b"too many unauthenticated sockets\n", "text/plain"
+            )
+        if self._unauthenticated[address] >= s.max_unauthenticated_per_address:
+            self.metrics.limits_hit.labels("unauthenticated_per_address").inc()
+            self.metrics.handshakes_refused.labels("unauthenticated").inc()
+            return _response(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                b"too many unauthenticated sockets from this address\n",
+                "text/plain",
+            )
         return None
 
     def _origin_allowed(self, request: Request) -> bool:
@@ -219,7 +272,12 @@ class Gateway:
         )
         async with self._registered(conn) as expiry:
             try:
-                self._apply(conn, expiry, session.start())
+                # A cutoff learnt between the look-up and the registration closes it now.
+                cutoff = self.cutoffs.known(identity.user_id)
+                if cutoff is not None and revoked(identity, cutoff):
+                    self._apply(conn, expiry, session.disconnect(cutoff))
+                else:
+                    self._apply(conn, expiry, session.start())
                 async for raw in ws:
                     if conn.closing:
                         break
@@ -229,14 +287,24 @@ class Gateway:
                 pass
 
     async def _admit(self, ws: ServerConnection) -> Identity | None:
-        """Who the client is, or None once it has been closed (4001, or 4029 when its user
-        holds too many connections)."""
-        self._handshaking += 1
-        try:
-            identity = await self._authenticate(ws)
-        finally:
-            self._handshaking -= 1
+        """Who the client is, or None once it has been closed (4001; 4003 for a token
+        issued before its user's `disconnect_user` cutoff; 4029 when its user holds too
+        many connections; 4029 too when a token-less socket authenticates at capacity)."""
+        came_with_token = isinstance(ws, SyncConnection) and (
+            ws.identity is not None or ws.auth_error is not None
+        )
+        identity = await self._authenticate(ws)
         if identity is None:
+            return None
+        if revoked(identity, await self.cutoffs.lookup(identity.user_id)):
+            self.metrics.closes.labels(str(int(CloseCode.ACCESS_REVOKED))).inc()
+            log.info("client refused: token issued before its user's cutoff")
+            await ws.close(CloseCode.ACCESS_REVOKED, "access revoked")
+            return None
+        if not came_with_token and len(self.hub.registry) >= self.settings.max_connections:
+            self.metrics.handshakes_refused.labels("capacity").inc()
+            self.metrics.closes.labels(str(int(CloseCode.TOO_MANY))).inc()
+            await ws.close(CloseCode.TOO_MANY, "at capacity")
             return None
         if self.hub.registry.count_for(identity.user_id) >= self.settings.max_connections_per_user:
             self.metrics.closes.labels(str(int(CloseCode.TOO_MANY))).inc()
@@ -274,6 +342,12 @@ class Gateway:
                 return None
             if ws.identity is not None:
                 return ws.identity
+        address = _address(ws)
+        if self._unauthenticated_refusal(address) is not None:  # others got in first
+            self.metrics.closes.labels(str(int(CloseCode.TOO_MANY))).inc()
+            await ws.close(CloseCode.TOO_MANY, "too many unauthenticated sockets")
+            return None
+        self._unauthenticated[address] += 1
         try:
             async with asyncio.timeout(self.settings.auth_timeout_s):
                 raw = await ws.recv()
@@ -282,6 +356,10 @@ class Gateway:
             return None
         except ConnectionClosed:
             return None
+        finally:
+            self._unauthenticated[address] -= 1
+            if self._unauthenticated[address] <= 0:
+                del self._unauthenticated[address]
         found = authenticate(raw, self.verifier)
         if isinstance(found, Close):
             await self._refuse(ws, found.reason)
@@ -299,8 +377,15 @@ class Gateway:
         before = len(conn.subscriptions)
         for action in conn.session.receive(raw, time.time()):
             if isinstance(action, Resume):
-                payloads = await self.hub.resume(conn, action.request)
+                payloads = await self.hub.resume(
+                    conn, action.request, lambda: conn.session.may_read_store(time.time())
+                )
                 self._apply(conn, expiry, conn.session.resumed(action.request, payloads))
+            elif isinstance(action, CheckCutoff):
+                cutoff = await self.cutoffs.lookup(conn.user_id)
+                self._apply(
+                    conn, expiry, conn.session.refreshed(action.request, action.identity, cutoff)
+                )
             else:
                 self._apply(conn, expiry, [action])
         if changed := len(conn.subscriptions) - before:
@@ -328,6 +413,21 @@ class Gateway:
             sent += 1
         self.metrics.messages_sent.inc(sent)
         self.metrics.bytes_sent.inc(sum(len(p) for p in payloads[:sent]))
+
+    # -- disconnect_user ---------------------------------------------------------------
+
+    def disconnect_user(self, user_id: str, cutoff: int) -> int:
+        """Close with 4003 every connection of the user on this replica whose token was
+        issued before the cutoff; how many."""
+        closed = 0
+        for conn in self.hub.registry.of_user(user_id):
+            for effect in conn.session.disconnect(cutoff):
+                if isinstance(effect, Close):
+                    conn.close(effect.code, effect.reason)
+                    closed += 1
+        if closed:
+            log.info("user disconnected", extra={"user_id": user_id, "connections": closed})
+        return closed
 
     # -- shutdown ------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ import aiohttp
 from realtime_sync.bridge import Bridge, Slots
 from realtime_sync.config import Settings, instance_name
 from realtime_sync.core.auth import TokenVerifier
+from realtime_sync.cutoffs import UserCutoffs, UserDisconnects
 from realtime_sync.dispatcher import Dispatcher
 from realtime_sync.hub import Hub
 from realtime_sync.metrics import Metrics
@@ -80,7 +81,13 @@ class Service:
             slots=slots, shares=shares, ack_ahead=s.ack_ahead, route=dispatcher.route_round
         )
         records = ConnectionRecords(
-            state, hub.registry, replica=s.replica_id, ttl_s=s.connection_ttl_s
+            state,
+            hub.registry,
+            replica=s.replica_id,
+            ttl_s=s.connection_ttl_s,
+            max_record_subscriptions=s.record_max_subscriptions,
+            max_batch_bytes=s.presence_batch_bytes,
+            metrics=self.metrics,
         )
         verifier = TokenVerifier(
             algorithms=s.jwt_algorithms,
@@ -89,6 +96,10 @@ class Service:
             issuer=s.jwt_issuer or None,
             leeway_s=s.jwt_leeway_s,
             user_claim=s.jwt_user_claim,
+            max_lifetime_s=s.max_token_lifetime_s,
+        )
+        cutoffs = UserCutoffs(
+            state, ttl_s=s.max_token_lifetime_s, metrics=self.metrics, clock=time.time
         )
         gateway = Gateway(
             settings=s,
@@ -97,6 +108,7 @@ class Service:
             records=records,
             metrics=self.metrics,
             readiness=self.readiness,
+            cutoffs=cutoffs,
             static=load_board() if s.board else None,
         )
 
@@ -111,6 +123,13 @@ class Service:
             loop=loop,
             on_subscriptions_listed=listed,
             presence=lambda user: lookup_presence(state, user),
+            disconnects=UserDisconnects(
+                cutoffs,
+                close_local=gateway.disconnect_user,
+                publish=lambda data: state.publish(s.pubsub_name, s.control_topic, data),
+                metrics=self.metrics,
+                clock=time.time,
+            ),
         )
         await gateway.start()
         app_port = subscriber.start()

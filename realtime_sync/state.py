@@ -189,6 +189,12 @@ class DaprState:
         async with self._call("save_bulk") as client:
             await client.save_bulk_state(self._store, states)
 
+    async def publish(self, pubsub: str, topic: str, data: bytes) -> None:
+        """Publish one JSON message (the control topic's): the service's one pub/sub
+        call rides the same sidecar client. Raises StateUnavailable."""
+        async with self._call("publish") as client:
+            await client.publish_event(pubsub, topic, data, data_content_type="application/json")
+
     async def delete_many(self, keys: Sequence[str]) -> None:
         from dapr.clients.grpc._request import (  # noqa: PLC0415
             TransactionalStateOperation,

@@ -26,6 +26,7 @@ from realtime_sync.bridge import Bridge
 from realtime_sync.config import Settings
 from realtime_sync.core.events import InvalidEvent, is_task_id, parse_cloudevent_time, parse_event
 from realtime_sync.core.outcomes import Verdict
+from realtime_sync.cutoffs import UserDisconnects, parse_control
 from realtime_sync.metrics import Metrics
 from realtime_sync.state import ConflictError, ShareLists, StateUnavailable
 
@@ -235,8 +236,10 @@ class Subscriber:
         loop: asyncio.AbstractEventLoop,
         on_subscriptions_listed: Callable[[], None],
         presence: Callable[[str], Coroutine[Any, Any, dict[str, Any]]],
+        disconnects: UserDisconnects,
     ) -> None:
         self._s = settings
+        self._disconnects = disconnects
         self._presence = presence
         self._bridge = bridge
         self._shares = shares
@@ -270,6 +273,9 @@ class Subscriber:
         )(self.on_event)
         self.app.method("set_task_shares")(self.set_task_shares)
         self.app.method("get_presence")(self.get_presence)
+        # Control messages between replicas: their own topic, never routed to clients.
+        self.app.subscribe(settings.pubsub_name, settings.control_topic)(self.on_control)
+        self.app.method("disconnect_user")(self.disconnect_user)
         self.app.register_health_check(self._health)
         self.port = 0
 
@@ -384,6 +390,27 @@ class Subscriber:
             extra={"task_id": str(task_id), "ms": round((time.perf_counter() - started) * 1e3)},
         )
         return orjson.dumps({"task_id": task_id, "user_ids": list(stored)}).decode()
+
+    def disconnect_user(self, request: InvokeMethodRequest) -> str:
+        """`{"user_id": …}` → every replica closes that user's connections with 4003 and
+        refuses tokens issued before the answer's `cutoff` (Unix seconds)."""
+        user = _json_object(request).get("user_id")
+        if not isinstance(user, str) or not user or len(user) > 256:
+            raise InvalidRequest("user_id must be a non-empty string of at most 256 characters")
+        try:
+            done = self._run_on_loop(self._disconnects.call(user))
+        except StateUnavailable as exc:
+            raise Unavailable(f"could not disconnect the user: {exc}") from None
+        return orjson.dumps(done).decode()
+
+    def on_control(self, message: SubscriptionMessage) -> TopicEventResponse:
+        """A control message from the replica that took a `disconnect_user` call."""
+        parsed = parse_control(message.raw_data() or b"")
+        if parsed is None:
+            log.warning("control message dropped", extra={"cloudevent_id": message.id()})
+            return TopicEventResponse(Verdict.DROP.value)
+        self._loop.call_soon_threadsafe(self._disconnects.apply, parsed)
+        return TopicEventResponse(Verdict.SUCCESS.value)
 
     def get_presence(self, request: InvokeMethodRequest) -> str:
         """`{"user_id": …}` → that user's open connections across replicas."""

@@ -93,7 +93,7 @@ export type ConnectionState = "connecting" | "connected" | "reconnecting" | "res
  * - 4001 missing, invalid or expired token; 4002 token expired on a live connection;
  * - 4008 slow consumer; 4029 too many connections or frames: back off.
  */
-export type CloseCode = 1000 | 1001 | 1006 | 1009 | 4000 | 4001 | 4002 | 4008 | 4029;
+export type CloseCode = 1000 | 1001 | 1006 | 1009 | 4000 | 4001 | 4002 | 4003 | 4008 | 4029;
 
 /** The close codes the server sends, by name (the server's `CloseCode` table). */
 export declare const CloseCode: {
@@ -101,6 +101,7 @@ export declare const CloseCode: {
   readonly MESSAGE_TOO_BIG: 1009;
   readonly UNAUTHORIZED: 4001;
   readonly TOKEN_EXPIRED: 4002;
+  readonly ACCESS_REVOKED: 4003;
   readonly SLOW_CONSUMER: 4008;
   readonly TOO_MANY: 4029;
 };

@@ -12,9 +12,10 @@
 // - the token is a string or a (possibly async) function, asked again before every connection
 //   attempt; by default it travels in the first frame ({"type":"auth"}), never in the URL;
 //   `authMode: "query"` puts it in `?token=` instead;
-// - 4001/4002 closes mean "get a fresh token": a refused token is never sent again;
+// - 4001/4002/4003 closes mean "get a fresh token": a refused token is never sent again;
 // - reconnects use exponential backoff with full jitter: uniform(0, min(cap, base * 2^attempt)),
-//   started over only after a session whose subscriptions were all confirmed (not closed 4029);
+//   started over only after a session whose subscriptions were all confirmed (not closed
+//   4029);
 //   a token function that throws is retried with the same backoff; a connection that does not
 //   open within openTimeoutMs is given up and retried;
 // - after a reconnect it subscribes again with `since` = the last event id seen, so the server
@@ -34,11 +35,16 @@ export const CloseCode = Object.freeze({
   MESSAGE_TOO_BIG: 1009,
   UNAUTHORIZED: 4001,
   TOKEN_EXPIRED: 4002,
+  ACCESS_REVOKED: 4003,
   SLOW_CONSUMER: 4008,
   TOO_MANY: 4029,
 });
 /** Close codes after which the same token must not be sent again. */
-export const AUTH_CLOSE_CODES = new Set([CloseCode.UNAUTHORIZED, CloseCode.TOKEN_EXPIRED]);
+export const AUTH_CLOSE_CODES = new Set([
+  CloseCode.UNAUTHORIZED,
+  CloseCode.TOKEN_EXPIRED,
+  CloseCode.ACCESS_REVOKED,
+]);
 /** Close codes that mean "slow down": the backoff keeps growing instead of restarting. */
 export const THROTTLE_CLOSE_CODES = new Set([CloseCode.TOO_MANY]);
 const NORMAL_CLOSURE = 1000; // RFC 6455: the client closes for good

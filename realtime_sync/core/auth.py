@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -27,6 +28,18 @@ class AuthError(Exception):
 class Identity:
     user_id: str
     expires_at: float
+    issued_at: float | None = None  # the token's `iat`, when it has one
+
+
+def revoked(identity: Identity, cutoff: int | None) -> bool:
+    """Is this token cut off by `disconnect_user`? `cutoff` is the whole Unix second after
+    the call, so a token issued up to the call (its `iat`, whole seconds, is then below the
+    cutoff) is refused; a token minted in the call's own second is refused too (the safe
+    side). A token without `iat` cannot show when it was issued:
+    refused while a cutoff holds."""
+    if cutoff is None:
+        return False
+    return identity.issued_at is None or identity.issued_at < cutoff
 
 
 def check_key_setup(algorithms: Sequence[str], secret: str | None, public_key: str | None) -> str:
@@ -89,6 +102,7 @@ class TokenVerifier:
         issuer: str | None = None,
         leeway_s: float = 2.0,
         user_claim: str = "userId",
+        max_lifetime_s: float = 86400.0,
     ) -> None:
         self._algorithms = list(algorithms)
         self._key = key
@@ -96,6 +110,7 @@ class TokenVerifier:
         self._issuer = issuer
         self._leeway = leeway_s
         self._user_claim = user_claim
+        self._max_lifetime = max_lifetime_s
         required = ["exp"]
         if audience:
             required.append("aud")
@@ -107,7 +122,10 @@ class TokenVerifier:
     def leeway_s(self) -> float:
         return self._leeway
 
-    def verify(self, token: str) -> Identity:
+    def verify(self, token: str, now: float | None = None) -> Identity:
+        """The identity a token proves. A token living longer than `max_lifetime_s`
+        (`exp - iat`, or `exp` from now when it has no `iat`) is refused: a cutoff is kept
+        that long, so no token outlives it."""
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise AuthError("invalid token")
         try:
@@ -139,7 +157,18 @@ class TokenVerifier:
             raise AuthError("invalid token") from None
         if not math.isfinite(expires_at):
             raise AuthError("invalid token")
-        return Identity(user_id=user, expires_at=expires_at)
+        issued_at = _issued_at(claims.get("iat"))
+        start = issued_at if issued_at is not None else (time.time() if now is None else now)
+        if expires_at - start > self._max_lifetime:
+            raise AuthError("token lifetime too long")
+        return Identity(user_id=user, expires_at=expires_at, issued_at=issued_at)
+
+
+def _issued_at(iat: Any) -> float | None:
+    """PyJWT has checked that a present `iat` is a number (and not in the future)."""
+    if isinstance(iat, int | float) and not isinstance(iat, bool) and math.isfinite(iat):
+        return float(iat)
+    return None
 
 
 def mint_token(

@@ -22,7 +22,9 @@ from realtime_sync.core.outcomes import CloseCode
 #: RFC 6455: the connection ended without a close frame (a dead socket, a dropped one).
 ABNORMAL_CLOSURE: Final = 1006
 #: Close codes after which the same token must not be sent again.
-AUTH_CLOSE_CODES: Final = frozenset({CloseCode.UNAUTHORIZED, CloseCode.TOKEN_EXPIRED})
+AUTH_CLOSE_CODES: Final = frozenset(
+    {CloseCode.UNAUTHORIZED, CloseCode.TOKEN_EXPIRED, CloseCode.ACCESS_REVOKED}
+)
 #: Close codes that mean "slow down": the backoff keeps growing instead of restarting.
 THROTTLE_CLOSE_CODES: Final = frozenset({CloseCode.TOO_MANY})
 # A refresh is sent this share of the token's remaining life before it expires, at most

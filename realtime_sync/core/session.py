@@ -2,7 +2,8 @@
 
 The shell feeds it what happened (a client frame and the time, a finished resume, the
 expiry timer firing) and performs the actions it returns, in order: send a payload,
-replay resumed events, close with a code, start a resume, rewrite the connection record,
+replay resumed events, close with a code, start a resume or a cutoff look-up, rewrite the
+connection record,
 (re)arm the expiry timer. Every per-connection rule lives here: the frame rate limit,
 the subscription limit, the order of a resume's replies, the refresh same-user rule and
 what an `auth` frame means once connected. `websockets`' `protocol.py` is the model.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from realtime_sync.core.auth import AuthError, Identity, TokenVerifier
+from realtime_sync.core.auth import AuthError, Identity, TokenVerifier, revoked
 from realtime_sync.core.outcomes import CloseCode
 from realtime_sync.core.protocol import (
     Auth,
@@ -67,6 +68,15 @@ class Resume:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckCutoff:
+    """Look up the user's `disconnect_user` cutoff (the state store), then call
+    `Session.refreshed` with it."""
+
+    request: Refresh
+    identity: Identity
+
+
+@dataclass(frozen=True, slots=True)
 class Touch:
     """The subscriptions changed: rewrite the connection's record."""
 
@@ -80,7 +90,8 @@ class ExpireAt:
 
 Effect = Send | Replay | Close | Touch | ExpireAt
 """An action the shell carries out at once."""
-Action = Effect | Resume
+Action = Effect | Resume | CheckCutoff
+"""An action that needs a look-up first; its answer comes back through the session."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +102,8 @@ class SessionLimits:
     rate: float  # client frames per second
     burst: float
     heartbeat_s: float
+    since_lookup_rate: float = 1.0  # `since` look-ups that read the state store, per second
+    since_lookup_burst: float = 5.0
 
 
 def authenticate(raw: str | bytes, verifier: TokenVerifier) -> Identity | Close:
@@ -125,6 +138,7 @@ class Session:
         self.connection_id = connection_id
         self.user_id = identity.user_id
         self.expires_at = identity.expires_at
+        self.issued_at = identity.issued_at
         self.subscriptions = Subscriptions()
         self.connected_at = now
         self.last_activity = now
@@ -132,6 +146,9 @@ class Session:
         self._verifier = verifier
         self._limits = limits
         self._bucket = TokenBucket(rate=limits.rate, burst=limits.burst, now=now)
+        self._store_reads = TokenBucket(
+            rate=limits.since_lookup_rate, burst=limits.since_lookup_burst, now=now
+        )
 
     def start(self) -> list[Effect]:
         """The first frame, and the expiry timer."""
@@ -161,7 +178,7 @@ class Session:
                     self.subscriptions.clear()
                 return [Touch(), Send(unsubscribed_frame(msg))]
             case Refresh():
-                return self._refresh(msg)
+                return self._refresh(msg, now)
             case Auth():
                 return [Send(error_frame("already_authenticated", "already authenticated", msg.id))]
 
@@ -180,6 +197,37 @@ class Session:
             ]
         replied = subscribed_frame(request, recovered=True, replayed=len(payloads))
         return [Touch(), Send(replied), Replay(payloads)]
+
+    def refreshed(self, request: Refresh, identity: Identity, cutoff: int | None) -> list[Effect]:
+        """The answer to a `CheckCutoff`: a token issued before the user's cutoff is
+        refused; if the connection's own token is before it too, the connection closes
+        with 4003 (a replica that missed the `disconnect_user` message learns it here)."""
+        if self.closed:
+            return []
+        if revoked(identity, cutoff):
+            if revoked(self._identity(), cutoff):
+                return [self._close(CloseCode.ACCESS_REVOKED, "access revoked")]
+            return [Send(error_frame("refresh_refused", "token revoked", request.id))]
+        self.expires_at = identity.expires_at
+        self.issued_at = identity.issued_at
+        return [self._expiry(), Send(refreshed_frame(request.id, identity.expires_at))]
+
+    def disconnect(self, cutoff: int) -> list[Effect]:
+        """`disconnect_user` named this connection's user: close with 4003 if its token
+        was issued before the cutoff (a connection opened with a newer token stays, so a
+        late or replayed control message cannot cut off the user's next session)."""
+        if self.closed or not revoked(self._identity(), cutoff):
+            return []
+        return [self._close(CloseCode.ACCESS_REVOKED, "access revoked")]
+
+    def _identity(self) -> Identity:
+        return Identity(self.user_id, self.expires_at, self.issued_at)
+
+    def may_read_store(self, now: float) -> bool:
+        """A `since` that missed the resume buffer may read the state store (a saved
+        snapshot) only within its own rate; past it the client gets `resync_required`
+        without the read (an unknown `since` must not buy a state read each time)."""
+        return self._store_reads.allow(now)
 
     def expire(self, now: float) -> list[Effect]:
         """The expiry timer fired: close with 4002 once past the token's expiry (with the
@@ -215,9 +263,9 @@ class Session:
         subs.add(key)
         return [Touch(), Send(subscribed_frame(msg))]
 
-    def _refresh(self, msg: Refresh) -> list[Action]:
+    def _refresh(self, msg: Refresh, now: float) -> list[Action]:
         try:
-            identity = self._verifier.verify(msg.token)
+            identity = self._verifier.verify(msg.token, now)
         except AuthError as exc:
             return [Send(error_frame("refresh_refused", str(exc), msg.id))]
         if identity.user_id != self.user_id:
@@ -225,5 +273,4 @@ class Session:
                 "refresh for another user refused", extra={"connection_id": self.connection_id}
             )
             return [Send(error_frame("refresh_refused", "token is for another user", msg.id))]
-        self.expires_at = identity.expires_at
-        return [self._expiry(), Send(refreshed_frame(msg.id, identity.expires_at))]
+        return [CheckCutoff(msg, identity)]

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import jwt
 import pytest
@@ -153,3 +154,24 @@ def test_dev_stops_with_a_message_when_its_sidecar_cannot_start() -> None:
         result = run("dev", "--no-demo", env=ports)
     assert result.returncode == 2
     assert "the dev sidecar exited with 1" in result.stderr
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses (hex, as the kernel lists them) of sockets listening on port."""
+    found: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text(encoding="ascii").splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            address, _, hex_port = local.rpartition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/net/tcp")
+def test_dev_listens_on_the_loopback_interface_only() -> None:
+    """The board, the WebSocket and the unauthenticated /metrics of `dev` are not on the
+    network unless asked (`--host`)."""
+    with running_dev(CLI, ARTIFACTS / "dev-loopback.log", "--no-demo") as dev:
+        dev.wait_for_banner()
+        assert listening_addresses(dev.ports["WS_PORT"]) == {"0100007F"}  # 127.0.0.1

@@ -123,15 +123,17 @@ def topic_event(data: bytes, event_id: str = "grpc-1") -> Any:
 
 
 def test_the_app_lists_its_subscription_with_the_dead_letter_topic(stack: ServiceProcess) -> None:
+    """The task topic (with its dead-letter topic), and the control topic between replicas
+    (`disconnect_user`) on the same component."""
     channel, stub = grpc_stub(stack)
     with channel:
         reply = stub.ListTopicSubscriptions(Empty(), timeout=5)
-    [sub] = list(reply.subscriptions)
-    assert (sub.pubsub_name, sub.topic, sub.dead_letter_topic) == (
-        "pubsub",
-        "task-updates",
-        "task-updates-deadletter",
-    )
+    assert sorted(
+        (sub.pubsub_name, sub.topic, sub.dead_letter_topic) for sub in reply.subscriptions
+    ) == [
+        ("pubsub", "realtime-sync-control", ""),
+        ("pubsub", "task-updates", "task-updates-deadletter"),
+    ]
 
 
 def test_on_topic_event_answers_drop_for_bad_data_and_success_for_good(
@@ -230,7 +232,10 @@ async def test_the_app_token_is_checked_on_exactly_the_calls_daprd_signs() -> No
             channel, stub = grpc_stub(stack)
             with channel:
                 listed = stub.ListTopicSubscriptions(Empty(), timeout=5)
-                assert [s.topic for s in listed.subscriptions] == ["task-updates"]
+                assert sorted(s.topic for s in listed.subscriptions) == [
+                    "realtime-sync-control",
+                    "task-updates",
+                ]  # the task topic and the control topic
                 health_probe(channel)
                 stub.ListInputBindings(Empty(), timeout=5)  # unsigned too (bindings)
                 refused = orjson.dumps({"type": "TASK_ADDED", "user_id": "owner-tok", "task_id": 2})

@@ -29,6 +29,7 @@ from realtime_sync.core.auth import (
     TokenVerifier,
     check_key_setup,
     mint_token,
+    revoked,
 )
 
 AUDIENCE = "realtime-sync"
@@ -285,11 +286,15 @@ def test_a_token_without_a_user_says_it_names_no_user(keys: Keys) -> None:
 
 def test_the_hs_control_token_is_accepted(keys: Keys) -> None:
     """The bad-token matrix differs from this accepted token in one respect each."""
-    assert hs_verifier(keys).verify(keys.hs()) == Identity("alice", float(keys.now + 300))
+    assert hs_verifier(keys).verify(keys.hs()) == Identity(
+        "alice", float(keys.now + 300), float(keys.now)
+    )
 
 
 def test_the_rs_control_token_is_accepted(keys: Keys) -> None:
-    assert rs_verifier(keys).verify(keys.rs()) == Identity("alice", float(keys.now + 300))
+    assert rs_verifier(keys).verify(keys.rs()) == Identity(
+        "alice", float(keys.now + 300), float(keys.now)
+    )
 
 
 def test_the_user_id_claim_wins_over_sub(keys: Keys) -> None:
@@ -366,7 +371,9 @@ def test_mint_token_output_verifies(keys: Keys) -> None:
     token = mint_token(
         "frank", secret=keys.secret, ttl_s=120, now=now, audience=AUDIENCE, issuer=ISSUER
     )
-    assert hs_verifier(keys).verify(token) == Identity("frank", float(int(now) + 120))
+    assert hs_verifier(keys).verify(token) == Identity(
+        "frank", float(int(now) + 120), float(int(now))
+    )
 
 
 def test_mint_token_with_a_custom_claim_verifies_with_that_claim(keys: Keys) -> None:
@@ -511,3 +518,26 @@ def test_check_key_setup_rejects_a_pem_block_that_is_not_a_public_key() -> None:
     garbage = "-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n"
     with pytest.raises(ValueError, match="JWT_PUBLIC_KEY"):
         check_key_setup(["RS256"], None, garbage)
+
+
+def test_a_token_living_longer_than_the_maximum_is_refused(keys: Keys) -> None:
+    check = hs_verifier(keys, max_lifetime_s=600)
+    assert check.verify(keys.hs(exp=keys.now + 600)).user_id == "alice"
+    with pytest.raises(AuthError, match="lifetime"):
+        check.verify(keys.hs(exp=keys.now + 601))
+
+
+def test_a_token_without_iat_counts_its_lifetime_from_now(keys: Keys) -> None:
+    check = hs_verifier(keys, max_lifetime_s=600)
+    identity = check.verify(keys.hs(iat=None, exp=keys.now + 300), keys.now)
+    assert identity.issued_at is None
+    with pytest.raises(AuthError, match="lifetime"):
+        check.verify(keys.hs(iat=None, exp=keys.now + 900), keys.now)
+
+
+def test_revoked_refuses_tokens_issued_before_the_cutoff_and_those_without_iat() -> None:
+    assert not revoked(Identity("a", 10.0, 5.0), None)
+    assert not revoked(Identity("a", 10.0, None), None)
+    assert revoked(Identity("a", 10.0, 4.0), 5)
+    assert not revoked(Identity("a", 10.0, 5.0), 5)
+    assert revoked(Identity("a", 10.0, None), 5)

@@ -11,6 +11,7 @@ def test_close_codes_are_the_designed_numbers() -> None:
         "MESSAGE_TOO_BIG": 1009,
         "UNAUTHORIZED": 4001,
         "TOKEN_EXPIRED": 4002,
+        "ACCESS_REVOKED": 4003,
         "SLOW_CONSUMER": 4008,
         "TOO_MANY": 4029,
     }

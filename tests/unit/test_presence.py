@@ -12,6 +12,7 @@ import orjson
 
 import realtime_sync.presence
 from realtime_sync.core.routing import Registry, Subscriptions
+from realtime_sync.metrics import Metrics
 from realtime_sync.presence import ConnectionRecords
 
 
@@ -29,7 +30,10 @@ class Store:
     async def save(self, key: str, value: bytes, *, etag: str | None = None) -> None:
         self.data[key] = value
 
+    saves = 0
+
     async def save_many(self, items: Sequence[tuple[str, bytes]], *, ttl_s: int) -> None:
+        self.saves += 1
         self.data.update(items)
 
     async def delete_many(self, keys: Sequence[str]) -> None:
@@ -117,3 +121,48 @@ async def test_remove_all_deletes_every_record_of_the_replica() -> None:
     assert len(store.data) == 4
     await records.remove_all()
     assert store.data == {"replicas": b"{}"}
+
+
+async def test_a_record_lists_the_first_subscriptions_and_counts_them_all() -> None:
+    store = Store()
+    registry: Registry[Conn] = Registry()
+    metrics = Metrics()
+    records = ConnectionRecords(
+        cast(Any, store),
+        registry,
+        replica="r1",
+        ttl_s=60,
+        max_record_subscriptions=10,
+        max_batch_bytes=4096,
+        metrics=metrics,
+    )
+    conns = [Conn(f"c{n}", "heavy") for n in range(5)]
+    for conn in conns:
+        for i in range(30):
+            conn.subscriptions.add(f"{i:02d}".ljust(200, "x"))
+        registry.add(conn)
+        records.opened(conn)
+    await records.flush()
+    for conn in conns:
+        record = orjson.loads(store.data[f"connection:{conn.connection_id}"])
+        assert record["subscriptions"] == [f"{i:02d}".ljust(200, "x") for i in range(10)]
+        assert record["subscription_count"] == 30
+    assert store.saves > 1  # five ~2 KB records do not fit one 4 KB save
+    hits = "realtime_sync_limits_hit_total"
+    sample = metrics.registry.get_sample_value
+    assert sample(hits, {"limit": "record_subscriptions"}) == 5
+    assert sample(hits, {"limit": "presence_batch"}) == 1
+
+
+def test_bulk_saves_are_split_below_the_byte_bound() -> None:
+    items = [(f"k{i}", b"x" * 100) for i in range(10)]
+    chunks = list(realtime_sync.presence.batches(items, 400))
+    assert [item for chunk in chunks for item in chunk] == items
+    assert len(chunks) > 1
+    assert all(
+        sum(len(k) + len(v) + realtime_sync.presence.ITEM_OVERHEAD for k, v in chunk) <= 400
+        for chunk in chunks
+    )
+    # One item larger than the bound goes alone.
+    big = [("a", b"x" * 1000), ("b", b"y")]
+    assert [len(c) for c in realtime_sync.presence.batches(big, 400)] == [1, 1]

@@ -12,6 +12,7 @@ from realtime_sync.core.outcomes import CloseCode
 from realtime_sync.core.protocol import Subscribe
 from realtime_sync.core.session import (
     Action,
+    CheckCutoff,
     Close,
     Effect,
     ExpireAt,
@@ -35,10 +36,12 @@ def token(user: str, ttl_s: int = 60) -> str:
     return mint_token(user, secret=SECRET, ttl_s=ttl_s, now=time.time())
 
 
-def make_session(user: str = "alice", expires_at: float = T0 + 60) -> Session:
+def make_session(
+    user: str = "alice", expires_at: float = T0 + 60, issued_at: float | None = T0
+) -> Session:
     return Session(
         connection_id="c1",
-        identity=Identity(user_id=user, expires_at=expires_at),
+        identity=Identity(user_id=user, expires_at=expires_at, issued_at=issued_at),
         verifier=VERIFIER,
         limits=LIMITS,
         now=T0,
@@ -196,9 +199,18 @@ def test_a_resume_that_finishes_after_a_close_does_nothing() -> None:
     assert not session.subscriptions.all
 
 
+def refresh(
+    session: Session, fresh: str, cutoff: int | None = None, **fields: object
+) -> list[Effect]:
+    """A refresh frame, then the answer to its cutoff look-up."""
+    [check] = session.receive(frame(type="refresh", token=fresh, **fields), T0)
+    assert isinstance(check, CheckCutoff)
+    return session.refreshed(check.request, check.identity, cutoff)
+
+
 def test_a_refresh_for_the_same_user_moves_the_expiry() -> None:
     session = make_session()
-    actions = session.receive(frame(type="refresh", token=token("alice", 600), id="r"), T0)
+    actions = refresh(session, token("alice", 600), id="r")
     [reply] = sent(actions)
     assert (reply["type"], reply["id"]) == ("refreshed", "r")
     assert isinstance(reply["exp"], float | int)
@@ -223,6 +235,44 @@ def test_an_invalid_refresh_token_is_refused_and_the_session_stays() -> None:
     assert not session.closed
 
 
+def test_a_refresh_with_a_token_issued_before_the_cutoff_is_refused() -> None:
+    issued = int(time.time())
+    session = make_session(issued_at=issued + 5)  # connected with a token after the cutoff
+    actions = refresh(session, token("alice", 600), cutoff=issued + 1, id="r")
+    assert sent(actions) == [
+        {"type": "error", "code": "refresh_refused", "message": "token revoked", "id": "r"}
+    ]
+    assert session.expires_at == T0 + 60
+    assert not session.closed
+
+
+def test_a_refresh_closes_4003_when_the_connections_own_token_is_cut_off() -> None:
+    issued = int(time.time())
+    session = make_session(issued_at=issued)
+    actions = refresh(session, token("alice", 600), cutoff=issued + 1)
+    assert actions == [Close(CloseCode.ACCESS_REVOKED, "access revoked")]
+    assert session.receive(frame(type="ping"), T0) == []
+
+
+def test_a_refresh_with_a_token_issued_at_or_after_the_cutoff_is_taken() -> None:
+    session = make_session()
+    [reply] = sent(refresh(session, token("alice", 600), cutoff=int(time.time())))
+    assert reply["type"] == "refreshed"
+
+
+def test_disconnect_closes_4003_once_a_connection_whose_token_is_before_the_cutoff() -> None:
+    session = make_session(issued_at=T0)
+    cutoff = int(T0) + 1
+    assert session.disconnect(cutoff) == [Close(CloseCode.ACCESS_REVOKED, "access revoked")]
+    assert session.disconnect(cutoff) == []
+
+
+def test_disconnect_leaves_a_connection_opened_with_a_newer_token() -> None:
+    session = make_session(issued_at=T0 + 10)
+    assert session.disconnect(int(T0) + 1) == []
+    assert not session.closed
+
+
 def test_expiry_closes_4002_only_once_past_the_deadline() -> None:
     session = make_session(expires_at=T0 + 60)
     deadline = T0 + 60 + LEEWAY_S
@@ -234,8 +284,7 @@ def test_expiry_closes_4002_only_once_past_the_deadline() -> None:
 
 def test_a_refresh_keeps_a_timer_armed_for_the_old_expiry_from_closing() -> None:
     session = make_session(expires_at=T0 + 60)
-    fresh = token("alice", 600)
-    session.receive(frame(type="refresh", token=fresh), T0)
+    refresh(session, token("alice", 600))
     assert session.expire(T0 + 60 + LEEWAY_S) == [ExpireAt(session.expires_at + LEEWAY_S)]
 
 
@@ -250,3 +299,23 @@ def test_authenticate_takes_only_an_auth_frame_with_a_valid_token() -> None:
     assert authenticate(frame(type="auth", token="not.a.token"), VERIFIER) == Close(
         CloseCode.UNAUTHORIZED, "invalid token"
     )
+
+
+def test_store_reads_for_since_are_rated_per_connection() -> None:
+    limits = SessionLimits(
+        max_subscriptions=3,
+        rate=1.0,
+        burst=5.0,
+        heartbeat_s=30.0,
+        since_lookup_rate=1.0,
+        since_lookup_burst=2.0,
+    )
+    session = Session(
+        connection_id="c1",
+        identity=Identity(user_id="alice", expires_at=T0 + 60),
+        verifier=VERIFIER,
+        limits=limits,
+        now=T0,
+    )
+    assert [session.may_read_store(T0) for _ in range(3)] == [True, True, False]
+    assert session.may_read_store(T0 + 1)
