@@ -107,6 +107,12 @@ class Settings:
     client_burst: float = setting(40.0, "client frame burst", 1, 10**6)
     max_subscriptions: int = setting(1000, "per connection", 1, 10**6)
     shares_cache_s: float = setting(5.0, "share list cache age", 0, 3600)
+    max_shared_with: int = setting(
+        1000, "users one event's metadata.shared_with may name (more: DROP)", 1, 100_000
+    )
+    max_event_bytes: int = setting(
+        256 * 1024, "largest event data accepted from the topic (more: DROP)", 1024, 4 << 20
+    )
     connection_ttl_s: int = setting(60, "TTL of connection records", 3, 86400)
     compression: str = setting("off", "permessage-deflate", choices=("off", "deflate"))
     app_api_token: str = setting("", "token daprd must send to the app")
