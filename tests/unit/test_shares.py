@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import random
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
@@ -120,9 +121,15 @@ def test_timestamps_order_by_instant_whatever_the_offset() -> None:
     assert timestamp_us("2026-01-01T08:00:00.000001Z") - timestamp_us("2026-01-01T08:00:00Z") == 1
 
 
-def parse(body: dict[str, object], **limits: int) -> object:
+def parse(
+    body: dict[str, object], *, max_bytes: int | None = None, max_shared_with: int | None = None
+) -> object:
     return parse_event(
-        orjson.dumps(body), cloudevent_id="ce", received_at=datetime.now(UTC), **limits
+        orjson.dumps(body),
+        cloudevent_id="ce",
+        received_at=datetime.now(UTC),
+        max_bytes=max_bytes,
+        max_shared_with=max_shared_with,
     )
 
 
@@ -186,7 +193,8 @@ def test_revocation_blanks_only_that_owners_task_and_buffers_the_frame() -> None
         cloudevent_id="ce",
         received_at=datetime.now(UTC),
     )
-    _, targets = revoke(unshare, ["bob", "alice"], Registry(), buffers, 2.0)
+    registry: Registry[Any] = Registry()
+    _, targets = revoke(unshare, ["bob", "alice"], registry, buffers, 2.0)
     assert targets == []
     replay = buffers.since("bob", "a1", 3.0, lambda _: True)
     assert replay is not None
