@@ -219,9 +219,19 @@ class ShareLists:
     an ETag-guarded write. The cache obeys the same rule: it only ever moves to a newer
     record, so neither a late read nor a late older change can put an older list back."""
 
-    def __init__(self, state: DaprState, *, cache_s: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        state: DaprState,
+        *,
+        cache_s: float,
+        clock: Callable[[], float],
+        metrics: Metrics | None = None,
+    ) -> None:
+        """`metrics`: where lists of another owner are counted (default: the state's)."""
         self._state = state
-        self._metrics = state.metrics if isinstance(state, DaprState) else None
+        if metrics is None and isinstance(state, DaprState):
+            metrics = state.metrics
+        self._metrics = metrics
         self._cache_s = cache_s
         self._clock = clock
         # share key -> (the newest record known, or None for "read and absent"; cached at)

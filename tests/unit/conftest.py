@@ -37,7 +37,7 @@ def make_delivery() -> MakeDelivery:
 
     def make(store: object = None, *, capacity: int = 100, ack_ahead: int = 128) -> Delivery:
         metrics = Metrics()
-        shares = ShareLists(cast(Any, store), cache_s=60.0, clock=time.monotonic)
+        shares = ShareLists(cast(Any, store), cache_s=60.0, clock=time.monotonic, metrics=metrics)
         hub = Hub(
             metrics=metrics,
             dedupe_window_s=60,

@@ -205,4 +205,36 @@ async def test_a_closing_connection_is_not_written_to(make_delivery: MakeDeliver
     await d.bridge.wait_idle()
     assert owner.got == ["e1"]
     assert bob.got == []
+    assert sample(d, "realtime_sync_share_owner_mismatch_total") == 1
     assert sample(d, "realtime_sync_messages_sent_total") == 1
+
+
+async def test_the_cache_never_goes_back_to_an_older_list(make_delivery: MakeDelivery) -> None:
+    """A late older change, or a read that returns an older record, leaves a newer cached
+    list in place; an older change is not even written."""
+    store = GatedStore()
+    d = make_delivery(store)
+    newer = ShareRecord("owner", (), ShareOrder(0, 20, "e2"))
+    older = ShareRecord("owner", ("bob",), ShareOrder(0, 10, "e1"))
+    d.shares.remember(KEY7, newer)
+    d.shares.remember(KEY7, older)
+    assert d.shares.cached(KEY7, "owner") == ()
+    applied = await d.shares.apply(KEY7, older)
+    assert (applied.write, applied.current, applied.revoked) == (False, newer, ())
+    assert KEY7 not in store.data
+    assert d.shares.cached(KEY7, "owner") == ()
+
+
+async def test_a_list_of_another_owner_is_not_used_and_is_counted(
+    make_delivery: MakeDelivery,
+) -> None:
+    store = GatedStore()
+    store.data[KEY7] = ShareRecord("mallory", ("bob",), ShareOrder(0, 0, "x")).encode()
+    d = make_delivery(store)
+    owner, bob = connect(d, "c1", "owner"), connect(d, "c2", "bob")
+    async with workers(d):
+        await offer_from_a_thread(d, event(1))
+        await d.bridge.wait_idle()
+    assert owner.got == ["e1"]
+    assert bob.got == []
+    assert sample(d, "realtime_sync_share_owner_mismatch_total") == 1
