@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from realtime_sync.core.shares import ShareOrder, ShareRecord, share_key
+
 CONNS_PER_USER = 2
 TEAM_SIZE = 100
 TASKS_PER_TEAM = 10
@@ -64,8 +66,17 @@ def probe_tasks(probes: int) -> list[Task]:
 
 
 def seed_items(tasks: list[Task]) -> list[dict[str, Any]]:
-    """`shares:{task_id}` records for the Dapr state API (POST /v1.0/state/{store})."""
-    return [{"key": f"shares:{t.task_id}", "value": list(t.shares)} for t in tasks]
+    """Share-list records (`shares:["owner",task_id]`, see realtime_sync.core.shares) for
+    the Dapr state API (POST /v1.0/state/{store})."""
+    return [
+        {
+            "key": share_key(t.owner, t.task_id),
+            "value": orjson.loads(
+                ShareRecord(t.owner, t.shares, ShareOrder(0, 0, "seed")).encode()
+            ),
+        }
+        for t in tasks
+    ]
 
 
 class EventSource:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from realtime_sync.core.events import TaskEvent
 from realtime_sync.core.outcomes import Verdict
+from realtime_sync.core.shares import Applied
 from realtime_sync.state import ShareLists
 
 # One drain callback routes at most this many rounds of the inbox, and starts none after
@@ -53,6 +54,8 @@ class Handoff:
     done: threading.Lock = field(default_factory=_held_lock)
     lock: threading.Lock = field(default_factory=threading.Lock)
     claim: Claim = Claim.PENDING
+    # A share-list change's outcome, set by the loop (read by `set_task_shares`).
+    applied: Applied | None = None
 
     def abandon(self) -> bool:
         """Thread side, after its wait ran out: True if the loop never took it."""
@@ -165,7 +168,11 @@ class Bridge:
         in_flight = self._slots.take(wait_s)
         if not in_flight:
             return None
-        shared = None if event.shared_with is not None else self._shares.cached(event.task_key)
+        shared = (
+            None
+            if event.shared_with is not None
+            else self._shares.cached(event.share_key, event.user_id)
+        )
         handoff = Handoff(event, published_at, shared)
         handoff.acked = shared is not None and in_flight <= self._ack_ahead
         self._inbox.append(handoff)

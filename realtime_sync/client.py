@@ -24,6 +24,8 @@ Updates arrive as an async iterator, or through a callback::
             match item:
                 case TaskUpdate():
                     apply(item)
+                case AccessRevoked():
+                    forget(item.task_id)  # shared no more: drop it and any cached copy
                 case ResyncRequired():
                     refetch_everything()
 """
@@ -60,6 +62,7 @@ from realtime_sync.core.client_policy import (
 )
 
 __all__ = [
+    "AccessRevoked",
     "ClientError",
     "ConnectionState",
     "Item",
@@ -151,7 +154,16 @@ class ResyncRequired:
     since: str | None
 
 
-Item = TaskUpdate | ResyncRequired
+@dataclass(frozen=True, slots=True)
+class AccessRevoked:
+    """The user lost access to a task (it is no longer shared with them): drop it, and any
+    copy of it kept locally. Carries no task data."""
+
+    event_id: str
+    task_id: TaskId
+
+
+Item = TaskUpdate | AccessRevoked | ResyncRequired
 
 
 class SyncClient:
@@ -469,8 +481,12 @@ class SyncClient:
                 await self._subscribe(ws)
             case "refreshed":
                 self._refresh(ws, self._policy.refreshed(frame.get("exp"), time.time()))
-            case "task_update" if "event_id" in frame:
-                update = TaskUpdate.from_frame(frame)
+            case "task_update" if "event_id" in frame and "task_id" in frame:
+                update: TaskUpdate | AccessRevoked
+                if frame.get("action") == "task_access_revoked":
+                    update = AccessRevoked(str(frame["event_id"]), frame["task_id"])
+                else:
+                    update = TaskUpdate.from_frame(frame)
                 if self._dedupe.seen(update.event_id):
                     return
                 self.last_event_id = update.event_id

@@ -130,6 +130,12 @@ class Settings:
     )
     since_lookup_burst: float = setting(5.0, "burst of those look-ups", 1, 10**4)
     shares_cache_s: float = setting(5.0, "share list cache age", 0, 3600)
+    max_shared_with: int = setting(
+        1000, "users one event's metadata.shared_with may name (more: DROP)", 1, 100_000
+    )
+    max_event_bytes: int = setting(
+        256 * 1024, "largest event data accepted from the topic (more: DROP)", 1024, 4 << 20
+    )
     connection_ttl_s: int = setting(60, "TTL of connection records", 3, 86400)
     record_max_subscriptions: int = setting(
         100, "subscriptions listed in a connection record (then a count)", 0, 10**5

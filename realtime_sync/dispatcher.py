@@ -9,11 +9,11 @@ from collections import deque
 
 from realtime_sync.bridge import Handoff, Slots
 from realtime_sync.connection import ClientConnection
-from realtime_sync.core.fanout import fan_out
+from realtime_sync.core.fanout import fan_out, revoke
 from realtime_sync.core.outcomes import Verdict
 from realtime_sync.hub import Hub
 from realtime_sync.metrics import Metrics
-from realtime_sync.state import ShareLists, StateUnavailable
+from realtime_sync.state import ConflictError, ShareLists, StateUnavailable
 
 log = logging.getLogger(__name__)
 # Concurrent share-list reads: events of different tasks overlap their state calls.
@@ -92,7 +92,8 @@ class Dispatcher:
     def _known(self, handoff: Handoff) -> tuple[str, ...] | None:
         """The cache as it is now (a change made since the handler thread looked wins),
         else the thread's copy (an event acknowledged ahead must not need the store)."""
-        cached = self._shares.cached(handoff.event.task_key)
+        event = handoff.event
+        cached = self._shares.cached(event.share_key, event.user_id)
         return cached if cached is not None else handoff.shared
 
     def _claim(self, handoff: Handoff, now: float) -> bool:
@@ -106,19 +107,32 @@ class Dispatcher:
             return False
         return True
 
-    def _deliver(self, handoff: Handoff, shared: tuple[str, ...], now: float, batch: Batch) -> None:
-        """Fan the event out into `batch` and remember its id; a crash answers RETRY."""
+    def _deliver(
+        self,
+        handoff: Handoff,
+        shared: tuple[str, ...],
+        now: float,
+        batch: Batch,
+        revoked: tuple[str, ...] = (),
+    ) -> None:
+        """Fan the event out into `batch` (and the `task_access_revoked` frame to the users
+        who lost access), and remember its id; a crash answers RETRY."""
         event = handoff.event
         hub = self._hub
         try:
-            payload, encoded, targets = fan_out(event, shared, hub.registry, hub.buffers, now)
-            sent = 0
-            frames = batch.encoded
-            for conn in targets:
-                if conn.close_code is None:
-                    # b"" + encoded is encoded itself: no copy for a connection's first frame.
-                    frames[conn] = frames.get(conn, b"") + encoded
-                    sent += 1
+            sent = sent_bytes = 0
+            if event.pushed:
+                payload, encoded, targets = fan_out(event, shared, hub.registry, hub.buffers, now)
+                sent = self._queue_frames(batch, encoded, targets)
+                sent_bytes = sent * len(payload)
+            if revoked:
+                encoded, targets = revoke(event, revoked, hub.registry, hub.buffers, now)
+                told = self._queue_frames(batch, encoded, targets)
+                self._metrics.revocations_sent.inc(told)
+                log.info(
+                    "access revoked",
+                    extra={"event_id": event.event_id, "users": len(revoked), "told": told},
+                )
             hub.seen.add(event.event_id, now)
         except Exception:
             log.exception("routing crashed; answering RETRY", extra={"event_id": event.event_id})
@@ -126,10 +140,21 @@ class Dispatcher:
         handoff.verdict = Verdict.SUCCESS
         if sent:
             self._metrics.messages_sent.inc(sent)
-            self._metrics.bytes_sent.inc(sent * len(payload))
+            self._metrics.bytes_sent.inc(sent_bytes)
             if handoff.published_at is not None:
                 latency = max(0.0, time.time() - handoff.published_at)
                 self._metrics.delivery_latency.observe(latency)
+
+    @staticmethod
+    def _queue_frames(batch: Batch, encoded: bytes, targets: list[ClientConnection]) -> int:
+        frames = batch.encoded
+        sent = 0
+        for conn in targets:
+            if conn.close_code is None:
+                # b"" + encoded is encoded itself: no copy for a connection's first frame.
+                frames[conn] = frames.get(conn, b"") + encoded
+                sent += 1
+        return sent
 
     async def run(self) -> None:
         """The workers, forever."""
@@ -157,14 +182,27 @@ class Dispatcher:
         event = handoff.event
         if not self._claim(handoff, self._hub.clock()):
             return
+        revoked: tuple[str, ...] = ()
         try:
-            if event.shared_with is not None:
-                await self._shares.put(event.task_key, event.shared_with)
-                shared: tuple[str, ...] = event.shared_with
+            change = event.shares_change
+            if change is not None:
+                applied = await self._shares.apply(event.share_key, change)
+                handoff.applied = applied
+                # Route by the list in force: a late older change is routed by the newer one.
+                shared = applied.current.users
+                revoked = applied.revoked
+                result = "applied" if applied.write else "older"
+                if not applied.write and applied.current.order.change_id == event.event_id:
+                    result = "already_applied"
+                self._metrics.shares_changes.labels(result).inc()
             else:
                 known = self._known(handoff)
-                shared = known if known is not None else await self._shares.get(event.task_key)
-        except StateUnavailable as exc:
+                shared = (
+                    known
+                    if known is not None
+                    else await self._shares.get(event.share_key, event.user_id)
+                )
+        except (StateUnavailable, ConflictError) as exc:
             log.warning(
                 "routing failed; answering RETRY",
                 extra={"event_id": event.event_id, "reason": str(exc)},
@@ -173,7 +211,7 @@ class Dispatcher:
         except Exception:
             log.exception("routing crashed; answering RETRY", extra={"event_id": event.event_id})
             return
-        self._deliver(handoff, shared, self._hub.clock(), batch)
+        self._deliver(handoff, shared, self._hub.clock(), batch, revoked)
 
     def _route_behind(self, task_key: str, batch: Batch) -> None:
         """A task's event has left the workers: route the events that waited behind it, in

@@ -51,6 +51,28 @@ class Metrics:
             "Redelivered event ids acknowledged without sending again",
             registry=r,
         )
+        self.events_over_limit = Counter(
+            "realtime_sync_events_over_limit",
+            "Events dropped for a bound (MAX_EVENT_BYTES, MAX_SHARED_WITH), by bound",
+            ["limit"],
+            registry=r,
+        )
+        self.share_owner_mismatch = Counter(
+            "realtime_sync_share_owner_mismatch",
+            "Stored share lists not used because they name another owner than the event's",
+            registry=r,
+        )
+        self.shares_changes = Counter(
+            "realtime_sync_shares_changes",
+            "Share-list changes by result: applied, already applied, or older than stored",
+            ["result"],
+            registry=r,
+        )
+        self.revocations_sent = Counter(
+            "realtime_sync_revocations_sent",
+            "task_access_revoked frames queued to connections",
+            registry=r,
+        )
         self.messages_sent = Counter(
             "realtime_sync_messages_sent", "Frames queued or written to clients", registry=r
         )

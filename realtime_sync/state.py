@@ -1,4 +1,4 @@
-"""The Dapr state shell: share lists (cached, read in bulk) and connection records.
+"""The Dapr state shell: share lists (cached, read in bulk, ordered) and connection records.
 
 Every call has a deadline (DAPR_TIMEOUT_S). A failure is a typed error decided by the gRPC
 status daprd answered with, never by its text: ABORTED on an ETag-guarded write is a
@@ -22,10 +22,10 @@ import orjson
 from dapr.clients.exceptions import DaprInternalError
 
 from realtime_sync.core.resume import Buffered, contiguous, decode_snapshot, encode_snapshot
+from realtime_sync.core.shares import Applied, ShareRecord, apply_change, decode_record, newest
 from realtime_sync.metrics import Metrics
 
 log = logging.getLogger(__name__)
-SHARES_PREFIX = "shares:"
 CONNECTION_PREFIX = "connection:"
 MAX_CACHED_SHARE_LISTS = 100_000
 ETAG_ATTEMPTS = 10
@@ -72,20 +72,6 @@ def status_code(exc: BaseException) -> grpc.StatusCode | None:
     return code if isinstance(code, grpc.StatusCode) else None
 
 
-def parse_share_list(raw: bytes) -> tuple[str, ...]:
-    """A stored share list; anything that is not a list of strings counts as empty."""
-    if not raw:
-        return ()
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        log.warning("share list in the state store is not JSON; treated as empty")
-        return ()
-    if not isinstance(value, list):
-        return ()
-    return tuple(dict.fromkeys(v for v in value if isinstance(v, str) and v))
-
-
 class DaprState:
     """Thin typed wrapper over the aio DaprClient for what this service stores."""
 
@@ -97,6 +83,10 @@ class DaprState:
         self._timeout = timeout_s
         self._metrics = metrics
         self._client: Any = client
+
+    @property
+    def metrics(self) -> Metrics:
+        return self._metrics
 
     @property
     def connected(self) -> bool:
@@ -162,19 +152,29 @@ class DaprState:
             found[item.key] = bytes(item.data)
         return found
 
-    async def save(self, key: str, value: bytes, *, etag: str | None = None) -> None:
-        """Save; with an etag, first-write semantics (a stale etag raises ConflictError)."""
+    async def save(
+        self, key: str, value: bytes, *, etag: str | None = None, insert: bool = False
+    ) -> None:
+        """Save; with an etag, first-write semantics (a stale etag raises ConflictError).
+
+        `insert` (no etag): write only if the key does not exist. First-write concurrency
+        without an ETag is an insert in the stores (components-contrib state/postgresql and
+        state/mysql `Set`: a plain INSERT; state/redis `Set`: `setQuery` with `firstWrite`);
+        an existing key answers ABORTED from the dev sidecar, another error from some
+        stores, which then reaches the caller as StateUnavailable (RETRY, redelivered).
+        """
         from dapr.clients.grpc._state import (  # noqa: PLC0415
             Concurrency,
             StateOptions,
         )
 
-        options = StateOptions(concurrency=Concurrency.first_write) if etag is not None else None
+        guarded = etag is not None or insert
+        options = StateOptions(concurrency=Concurrency.first_write) if guarded else None
         try:
             async with self._call("save") as client:
                 await client.save_state(self._store, key, value, etag=etag or None, options=options)
         except StateUnavailable as exc:
-            if etag is not None and exc.code == grpc.StatusCode.ABORTED:
+            if guarded and exc.code == grpc.StatusCode.ABORTED:
                 raise ConflictError(key) from exc
             raise
 
@@ -220,46 +220,79 @@ def _describe(exc: BaseException) -> str:
 
 
 class ShareLists:
-    """`shares:{task_id}` lookups: cached for SHARES_CACHE_S, misses batched into one
-    bulk read per loop tick, single-flight per key. A list this replica wrote while a
-    read of it was in flight wins over what the read returns (it may predate the write)."""
+    """Share-list records (`core.shares`): cached for SHARES_CACHE_S, misses batched into one
+    bulk read per loop tick, single-flight per key, changes applied by the ordering rule with
+    an ETag-guarded write. The cache obeys the same rule: it only ever moves to a newer
+    record, so neither a late read nor a late older change can put an older list back."""
 
-    def __init__(self, state: DaprState, *, cache_s: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        state: DaprState,
+        *,
+        cache_s: float,
+        clock: Callable[[], float],
+        metrics: Metrics | None = None,
+    ) -> None:
+        """`metrics`: where lists of another owner are counted (default: the state's)."""
         self._state = state
+        if metrics is None and isinstance(state, DaprState):
+            metrics = state.metrics
+        self._metrics = metrics
         self._cache_s = cache_s
         self._clock = clock
-        # task -> (users, cached at, number of the write that put it there; 0 for a read)
-        self._cache: OrderedDict[str, tuple[tuple[str, ...], float, int]] = OrderedDict()
-        self._writes = 0
-        self._pending: dict[str, asyncio.Future[tuple[str, ...]]] = {}
+        # share key -> (the newest record known, or None for "read and absent"; cached at)
+        self._cache: OrderedDict[str, tuple[ShareRecord | None, float]] = OrderedDict()
+        self._pending: dict[str, asyncio.Future[ShareRecord | None]] = {}
         self._flush_scheduled = False
 
-    def cached(self, task_key: str) -> tuple[str, ...] | None:
-        hit = self._cache.get(task_key)
+    def _users(self, key: str, owner: str, record: ShareRecord | None) -> tuple[str, ...]:
+        """The users a record shares the task with, for an event of `owner`: none when the
+        record names another owner (counted, logged: the event then goes to its owner only)."""
+        if record is None:
+            return ()
+        if record.owner != owner:
+            self._foreign(key, record.owner, owner)
+            return ()
+        return record.users
+
+    def _foreign(self, key: str, stored: str, owner: str) -> None:
+        if self._metrics is not None:
+            self._metrics.share_owner_mismatch.inc()
+        log.warning(
+            "share list of another owner not used",
+            extra={"key": key, "stored_owner": stored, "event_owner": owner},
+        )
+
+    def cached(self, key: str, owner: str) -> tuple[str, ...] | None:
+        """The users of a fresh cached record for an event of `owner`; None if not cached."""
+        hit = self._cache.get(key)
         if hit is not None and self._clock() - hit[1] <= self._cache_s:
-            return hit[0]
+            return self._users(key, owner, hit[0])
         return None
 
-    def remember(self, task_key: str, users: Sequence[str], *, written: bool = False) -> None:
-        """Cache a list read from the store, or (`written`) one this replica just saved."""
-        if written:
-            self._writes += 1
-        self._cache[task_key] = (tuple(users), self._clock(), self._writes if written else 0)
-        self._cache.move_to_end(task_key)
+    def remember(self, key: str, record: ShareRecord | None) -> ShareRecord | None:
+        """Cache what was read or written, unless a newer record is cached; returns the
+        record now cached."""
+        hit = self._cache.get(key)
+        kept = newest(hit[0], record) if hit is not None else record
+        self._cache[key] = (kept, self._clock())
+        self._cache.move_to_end(key)
         while len(self._cache) > MAX_CACHED_SHARE_LISTS:
             self._cache.popitem(last=False)
+        return kept
 
-    async def get(self, task_key: str) -> tuple[str, ...]:
-        hit = self.cached(task_key)
+    async def get(self, key: str, owner: str) -> tuple[str, ...]:
+        """The users of a task's share list for an event of `owner`."""
+        hit = self.cached(key, owner)
         if hit is not None:
             return hit
-        fut = self._pending.get(task_key)
+        fut = self._pending.get(key)
         if fut is None:
-            fut = self._pending[task_key] = asyncio.get_running_loop().create_future()
+            fut = self._pending[key] = asyncio.get_running_loop().create_future()
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._start_flush)
-        return await asyncio.shield(fut)
+        return self._users(key, owner, await asyncio.shield(fut))
 
     def _start_flush(self) -> None:
         self._flush_scheduled = False
@@ -269,15 +302,14 @@ class ShareLists:
             _background.add(task)
             task.add_done_callback(_background.discard)
 
-    async def _flush(self, batch: dict[str, asyncio.Future[tuple[str, ...]]]) -> None:
+    async def _flush(self, batch: dict[str, asyncio.Future[ShareRecord | None]]) -> None:
         keys = list(batch)
-        writes_before = self._writes
         try:
             if len(keys) == 1:
-                raw, _ = await self._state.get(SHARES_PREFIX + keys[0])
-                found = {SHARES_PREFIX + keys[0]: raw}
+                raw, _ = await self._state.get(keys[0])
+                found = {keys[0]: raw}
             else:
-                found = await self._state.get_bulk([SHARES_PREFIX + k for k in keys])
+                found = await self._state.get_bulk(keys)
         except StateUnavailable as exc:
             for fut in batch.values():
                 if not fut.done():
@@ -285,38 +317,38 @@ class ShareLists:
                     fut.exception()  # mark retrieved: a waiter may have given up
             return
         for key, fut in batch.items():
-            users = parse_share_list(found.get(SHARES_PREFIX + key, b""))
-            hit = self._cache.get(key)
-            if hit is not None and hit[2] > writes_before:
-                users = hit[0]  # saved here during the read: newer than what was read
-            else:
-                self.remember(key, users)
+            # A record applied here during the read is newer than what was read: it stays.
+            record = self.remember(key, decode_record(found.get(key, b"")))
             if not fut.done():
-                fut.set_result(users)
+                fut.set_result(record)
 
-    async def put(self, task_key: str, users: Sequence[str]) -> None:
-        """Replace a share list (last writer wins), skipping a write that changes nothing."""
-        users = tuple(dict.fromkeys(users))
-        if self.cached(task_key) == users:
-            return
-        await self._state.save(SHARES_PREFIX + task_key, orjson.dumps(list(users)))
-        self.remember(task_key, users, written=True)
-
-    async def replace_guarded(self, task_key: str, users: Sequence[str]) -> tuple[str, ...]:
-        """Replace a share list with an ETag-guarded write, retried on conflicts."""
-        users = tuple(dict.fromkeys(users))
+    async def apply(self, key: str, change: ShareRecord) -> Applied:
+        """Apply a share-list change by the ordering rule: read, compare, write with the
+        ETag (an absent key: insert-only), and again on a conflict. An older change writes
+        nothing; the result names the list in force and the users who lost access."""
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] is not None and hit[0].owner == change.owner:
+            cached = hit[0]
+            if cached.order.change_id == change.order.change_id or cached.order > change.order:
+                # Known here already, or older than what is known: the store can only be newer.
+                return apply_change(cached, change)
         for _ in range(ETAG_ATTEMPTS):
-            _, etag = await self._state.get(SHARES_PREFIX + task_key)
-            try:
-                await self._state.save(
-                    SHARES_PREFIX + task_key, orjson.dumps(list(users)), etag=etag or None
-                )
-            except ConflictError:
-                await asyncio.sleep(random.uniform(0.005, 0.03))  # noqa: S311 - jitter
-                continue
-            self.remember(task_key, users, written=True)
-            return users
-        raise ConflictError(task_key)
+            raw, etag = await self._state.get(key)
+            applied = apply_change(decode_record(raw), change)
+            if applied.foreign:
+                stored = decode_record(raw)
+                self._foreign(key, stored.owner if stored else "", change.owner)
+            if applied.write:
+                try:
+                    await self._state.save(
+                        key, applied.current.encode(), etag=etag or None, insert=not etag
+                    )
+                except ConflictError:
+                    await asyncio.sleep(random.uniform(0.005, 0.03))  # noqa: S311 - jitter
+                    continue
+            self.remember(key, applied.current)
+            return applied
+        raise ConflictError(key)
 
 
 class ResumeSnapshots:

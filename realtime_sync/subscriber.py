@@ -11,8 +11,11 @@ import asyncio
 import concurrent.futures
 import hmac
 import logging
+import os
 import threading
 import time
+import urllib.error
+import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -24,11 +27,19 @@ from dapr.ext.grpc import App, InvokeMethodRequest, SubscriptionMessage, TopicEv
 
 from realtime_sync.bridge import Bridge
 from realtime_sync.config import Settings
-from realtime_sync.core.events import InvalidEvent, is_task_id, parse_cloudevent_time, parse_event
+from realtime_sync.core.events import (
+    SHARES_CHANGED,
+    InvalidEvent,
+    TaskEvent,
+    is_task_id,
+    parse_cloudevent_time,
+    parse_event,
+)
 from realtime_sync.core.outcomes import Verdict
 from realtime_sync.cutoffs import UserDisconnects, parse_control
 from realtime_sync.metrics import Metrics
-from realtime_sync.state import ConflictError, ShareLists, StateUnavailable
+from realtime_sync.publisher import Publisher, sidecar_base_url
+from realtime_sync.state import ShareLists, StateUnavailable
 
 log = logging.getLogger(__name__)
 APP_CALLBACK: Final = "/dapr.proto.runtime.v1.AppCallback/"
@@ -245,6 +256,13 @@ class Subscriber:
         self._shares = shares
         self._metrics = metrics
         self._loop = loop
+        # Share-list changes made here reach the other replicas through the topic.
+        self._publisher = Publisher(
+            sidecar_base_url(),
+            settings.pubsub_name,
+            settings.topic_name,
+            api_token=os.environ.get("DAPR_API_TOKEN") or None,
+        )
         self.draining = False
         self.serving = True
         self.in_flight = InFlight()
@@ -328,8 +346,12 @@ class Subscriber:
                 cloudevent_id=str(message.id() or ""),
                 received_at=received,
                 traceparent=traceparent if isinstance(traceparent, str) else None,
+                max_bytes=self._s.max_event_bytes,
+                max_shared_with=self._s.max_shared_with,
             )
         except InvalidEvent as exc:
+            if exc.limit is not None:
+                self._metrics.events_over_limit.labels(exc.limit).inc()
             log.warning(
                 "event dropped", extra={"cloudevent_id": message.id(), "reason": exc.reason}
             )
@@ -372,24 +394,86 @@ class Subscriber:
             raise Unavailable("timed out") from None
 
     def set_task_shares(self, request: InvokeMethodRequest) -> str:
-        """`{"task_id": …, "user_ids": [...]}` → replaces the share list; answers it."""
+        """`{"task_id": …, "user_id": owner, "user_ids": [...]}`, optionally with the change's
+        order (`timestamp`, `shares_version`) and id (`id`; a redelivered call with the same
+        id is applied once). Applied here by the ordering rule (revocations pushed to this
+        replica's connections), then published on the topic as a TASK_SHARES_CHANGED event
+        so every other replica applies the same change. Answers the list in force and
+        whether this change is it."""
         body = _json_object(request)
-        task_id = body.get("task_id")
-        users = body.get("user_ids")
+        change = self._shares_change(body)
+        started = time.perf_counter()
+        handoff = self._bridge.offer(change, None, self._s.handoff_wait_s)
+        verdict = handoff.outcome(self._s.handler_timeout_s) if handoff is not None else None
+        if handoff is None or verdict is not Verdict.SUCCESS:
+            raise Unavailable("could not store the share list; try again")
+        try:
+            self._publisher.publish(
+                {
+                    "type": SHARES_CHANGED,
+                    "id": change.event_id,
+                    "user_id": change.user_id,
+                    "task_id": change.task_id,
+                    "timestamp": change.timestamp,  # the order every replica applies
+                    "metadata": change.metadata,
+                }
+            )
+        except (OSError, urllib.error.URLError) as exc:
+            # Applied here, not yet on the others: the caller retries (same id: applied once).
+            raise Unavailable(f"share list stored, not published to the replicas: {exc}") from None
+        applied = handoff.applied
+        current = applied.current.users if applied is not None else change.shared_with or ()
+        log.info(
+            "share list changed",
+            extra={
+                "task_id": str(change.task_id),
+                "ms": round((time.perf_counter() - started) * 1e3),
+            },
+        )
+        return orjson.dumps(
+            {
+                "task_id": change.task_id,
+                "user_id": change.user_id,
+                "user_ids": list(current),
+                "applied": applied is not None and applied.current.order == change.share_order,
+            }
+        ).decode()
+
+    def _shares_change(self, body: dict[str, Any]) -> TaskEvent:
+        """The request as a TASK_SHARES_CHANGED event, validated like any event."""
+        task_id, owner, users = body.get("task_id"), body.get("user_id"), body.get("user_ids")
         if not is_task_id(task_id):
             raise InvalidRequest("task_id must be an integer or a non-empty string")
+        if not isinstance(owner, str) or not owner:
+            raise InvalidRequest(
+                "user_id (the task's owner) is required: share lists are kept per owner"
+            )
         if not isinstance(users, list) or not all(isinstance(u, str) and u for u in users):
             raise InvalidRequest("user_ids must be a list of user id strings")
-        started = time.perf_counter()
+        metadata: dict[str, Any] = {"shared_with": users}
+        if "shares_version" in body:
+            metadata["shares_version"] = body["shares_version"]
+        event_id = body.get("id")
+        if event_id is None:
+            event_id = f"shares-{uuid.uuid4()}"
+        received = datetime.now(UTC)
+        payload = {
+            "type": SHARES_CHANGED,
+            "id": event_id,
+            "user_id": owner,
+            "task_id": task_id,
+            "timestamp": body.get("timestamp"),
+            "metadata": metadata,
+        }
         try:
-            stored = self._run_on_loop(self._shares.replace_guarded(str(task_id), users))
-        except (StateUnavailable, ConflictError) as exc:
-            raise Unavailable(f"could not store the share list: {exc}") from None
-        log.info(
-            "share list replaced",
-            extra={"task_id": str(task_id), "ms": round((time.perf_counter() - started) * 1e3)},
-        )
-        return orjson.dumps({"task_id": task_id, "user_ids": list(stored)}).decode()
+            return parse_event(
+                orjson.dumps(payload),
+                cloudevent_id=str(event_id),
+                received_at=received,
+                max_shared_with=self._s.max_shared_with,
+            )
+        except InvalidEvent as exc:
+            raise InvalidRequest(exc.reason) from None
 
     def disconnect_user(self, request: InvokeMethodRequest) -> str:
         """`{"user_id": …}` → every replica closes that user's connections with 4003 and

@@ -37,6 +37,16 @@ export interface TaskUpdate {
   readonly metadata: Readonly<Record<string, unknown>> | null;
 }
 
+/** The user lost access to a task (no longer shared with them): drop it and any copy
+ * kept locally. Carries no task data. */
+export interface AccessRevoked {
+  readonly type: "task_update";
+  readonly action: "task_access_revoked";
+  /** The share-list change that removed the user (also a `since` key). */
+  readonly event_id: string;
+  readonly task_id: TaskId;
+}
+
 /** The server could not replay what was missed since `since`: refetch from the task API. */
 export interface ResyncRequired {
   readonly type: "resync_required";
@@ -278,6 +288,8 @@ export interface ReconnectDetail {
 export interface RealtimeSyncEventMap {
   /** A task changed (duplicates already dropped). */
   update: CustomEvent<TaskUpdate>;
+  /** A task is no longer shared with this user: drop it (and its cached copy). */
+  accessRevoked: CustomEvent<AccessRevoked>;
   /** Missed updates are gone: refetch from the task API. */
   resync: CustomEvent<ResyncRequired>;
   state: CustomEvent<ConnectionState>;
@@ -318,7 +330,11 @@ export declare class RealtimeSyncClient extends EventTarget {
   close(): void;
   /** Updates and resync items, queued from this call on; ends when the client closes
    * (throws `TokenRefusedError` if it stopped on a refused token). */
-  updates(): AsyncGenerator<TaskUpdate | ResyncRequired | ConsumerFellBehind, void, undefined>;
+  updates(): AsyncGenerator<
+    TaskUpdate | AccessRevoked | ResyncRequired | ConsumerFellBehind,
+    void,
+    undefined
+  >;
 
   addEventListener<K extends RealtimeSyncEventName>(
     type: K,

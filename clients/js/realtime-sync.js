@@ -4,6 +4,7 @@
 //   const client = new RealtimeSyncClient({ url: "wss://example.com/ws", token: () => getJwt() });
 //   client.addEventListener("update", (e) => render(e.detail));      // a task_update frame
 //   client.addEventListener("resync", () => refetchFromTaskApi());   // missed updates are gone
+//   client.addEventListener("accessRevoked", (e) => forget(e.detail.task_id)); // no longer shared
 //   client.addEventListener("state", (e) => showStatus(e.detail));   // connecting|connected|reconnecting|resyncing|closed
 //   client.start();
 //   // or: for await (const item of client.updates()) { ... }
@@ -332,7 +333,8 @@ export class RealtimeSyncClient extends EventTarget {
   }
 
   /**
-   * An async iterator over updates ({type:"task_update",…}) and {type:"resync_required"} items.
+   * An async iterator over updates ({type:"task_update",…}, including the
+   * action "task_access_revoked") and {type:"resync_required"} items.
    * Items are only queued while an iterator exists, so event-listener users never pile them up.
    */
   updates() {
@@ -564,7 +566,10 @@ export class RealtimeSyncClient extends EventTarget {
       case "task_update": {
         if (frame.event_id === undefined || this.dedupe.seen(String(frame.event_id))) return;
         this.lastEventId = String(frame.event_id);
-        this.dispatchEvent(new CustomEvent("update", { detail: frame }));
+        // A task no longer shared with this user: its own event, so "update" listeners only
+        // ever see task data; drop the task (and any cached copy) on it.
+        const name = frame.action === "task_access_revoked" ? "accessRevoked" : "update";
+        this.dispatchEvent(new CustomEvent(name, { detail: frame }));
         this._push(frame);
         break;
       }

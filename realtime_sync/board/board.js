@@ -121,6 +121,21 @@ class Board {
     this.counts();
   }
 
+  /** A task no longer shared with this user: drop its card and every copy of it (the
+   * sessionStorage snapshot too, on the next save), so a reload does not bring it back. */
+  revoke(frame) {
+    this.lastEventId = frame.event_id;
+    const key = String(frame.task_id);
+    const entry = this.tasks.get(key) ?? this.removed.get(key);
+    if (entry && entry.owner === this.me) return; // the user's own task of the same id
+    this.tasks.delete(key);
+    this.removed.delete(key);
+    this.removeCard(key);
+    const title = entry?.task?.title ?? `Task ${frame.task_id}`;
+    this.note(`${title} is no longer shared with you`);
+    this.counts();
+  }
+
   renderCard(key, entry, action) {
     const { task, owner, sharedWith, updatedAt } = entry;
     let card = this.root.querySelector(`.card[data-task-id="${CSS.escape(key)}"]`);
@@ -325,6 +340,10 @@ function main() {
   });
   client.addEventListener("update", (e) => {
     board.apply(e.detail);
+    board.save();
+  });
+  client.addEventListener("accessRevoked", (e) => {
+    board.revoke(e.detail);
     board.save();
   });
   client.addEventListener("resync", () => board.note("Some changes could not be replayed; showing what arrives from now on"));

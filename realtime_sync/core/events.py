@@ -8,6 +8,15 @@ from typing import Any, Final
 
 import orjson
 
+from realtime_sync.core.shares import (
+    InvalidOrder,
+    ShareOrder,
+    ShareRecord,
+    order_of,
+    share_key,
+    share_version,
+)
+
 ACTIONS: Final[dict[str, str]] = {
     "TASK_ADDED": "task_created",
     "TASK_CHANGED": "task_updated",
@@ -16,6 +25,10 @@ ACTIONS: Final[dict[str, str]] = {
     "TASK_RESTORED": "task_restored",
 }
 UNKNOWN_ACTION: Final = "task_unknown_event"
+# A share-list change published by `set_task_shares` for the other replicas: applied to the
+# share list (and its revocations pushed), never pushed to clients as a task update.
+SHARES_CHANGED: Final = "TASK_SHARES_CHANGED"
+REVOKED_ACTION: Final = "task_access_revoked"
 MAX_ID_LENGTH: Final = 256
 
 TaskId = int | str
@@ -24,9 +37,10 @@ TaskId = int | str
 class InvalidEvent(ValueError):
     """Event data that can never be processed: answered DROP, with this reason logged."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, limit: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.limit = limit  # the bound it went past, if that is why
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +55,27 @@ class TaskEvent:
     timestamp: str
     metadata: dict[str, Any]
     shared_with: tuple[str, ...] | None
+    # The order of the share-list change this event carries (None when it carries none).
+    share_order: ShareOrder | None = None
+
+    @property
+    def shares_change(self) -> ShareRecord | None:
+        """The share-list change this event carries, as a record to apply."""
+        if self.shared_with is None or self.share_order is None:
+            return None
+        users = tuple(u for u in self.shared_with if u != self.user_id)
+        return ShareRecord(self.user_id, users, self.share_order)
+
+    @property
+    def share_key(self) -> str:
+        """The state key of this task's share list (owner and typed task id)."""
+        return share_key(self.user_id, self.task_id)
+
+    @property
+    def pushed(self) -> bool:
+        """Whether the event goes to clients as a task update (a bare share-list change
+        from `set_task_shares` does not)."""
+        return self.event_type != SHARES_CHANGED
 
     @property
     def action(self) -> str:
@@ -80,13 +115,21 @@ def parse_event(
     cloudevent_id: str,
     received_at: datetime,
     traceparent: str | None = None,
+    max_bytes: int | None = None,
+    max_shared_with: int | None = None,
 ) -> TaskEvent:
     """Validate the CloudEvent's data bytes (JSON whatever the content type says).
 
-    Raises InvalidEvent with a short reason for anything that can never be processed.
+    Raises InvalidEvent with a short reason for anything that can never be processed,
+    including data past `max_bytes` or a share list longer than `max_shared_with`.
     """
     if not raw:
         raise InvalidEvent("empty data")
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise InvalidEvent(
+            f"event data is {len(raw)} bytes, more than the {max_bytes} allowed",
+            "max_event_bytes",
+        )
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -127,13 +170,26 @@ def parse_event(
         raise InvalidEvent("field 'metadata' must be an object")
 
     shared_with: tuple[str, ...] | None = None
+    share_order: ShareOrder | None = None
     if "shared_with" in metadata:
         shares = metadata["shared_with"]
         if not isinstance(shares, list) or not all(
             isinstance(u, str) and u and len(u) <= MAX_ID_LENGTH for u in shares
         ):
             raise InvalidEvent("field 'metadata.shared_with' must be a list of user id strings")
+        if max_shared_with is not None and len(shares) > max_shared_with:
+            raise InvalidEvent(
+                f"metadata.shared_with names {len(shares)} users, "
+                f"more than the {max_shared_with} allowed",
+                "max_shared_with",
+            )
         shared_with = tuple(dict.fromkeys(shares))
+        try:
+            share_order = order_of(timestamp, share_version(metadata), event_id)
+        except InvalidOrder as exc:
+            raise InvalidEvent(str(exc)) from None
+    elif event_type == SHARES_CHANGED:
+        raise InvalidEvent(f"a {SHARES_CHANGED} event needs metadata.shared_with")
 
     if traceparent and "traceparent" not in metadata:
         metadata = {**metadata, "traceparent": traceparent}
@@ -147,6 +203,14 @@ def parse_event(
         timestamp=timestamp,
         metadata=metadata,
         shared_with=shared_with,
+        share_order=share_order,
+    )
+
+
+def encode_revoked(task_id: TaskId, event_id: str) -> bytes:
+    """The frame telling a user they lost access to a task (no task data)."""
+    return orjson.dumps(
+        {"type": "task_update", "action": REVOKED_ACTION, "task_id": task_id, "event_id": event_id}
     )
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from realtime_sync.core.events import TaskEvent, encode_update
+import orjson
+
+from realtime_sync.core.events import TaskEvent, encode_revoked, encode_update
 from realtime_sync.core.resume import Buffered, ResumeBuffers
 from realtime_sync.core.routing import C, Registry
 from realtime_sync.core.wire import encode_text_frame
@@ -34,3 +36,37 @@ def fan_out(
     for user in users:
         buffers.append(user, entry)
     return payload, encode_text_frame(payload), registry.targets(users, event.task_key)
+
+
+def revoke(
+    event: TaskEvent,
+    users: Iterable[str],
+    registry: Registry[C],
+    buffers: ResumeBuffers,
+    now: float,
+) -> tuple[bytes, list[C]]:
+    """Users lost access to the event's task: blank what their resume buffers hold of it
+    (that owner's task of that typed id only), buffer the `task_access_revoked` frame in
+    its place, and return the frame (framed once) and their connections subscribed to the
+    task (or to all)."""
+    users = [u for u in dict.fromkeys(users) if u != event.user_id]
+    payload = encode_revoked(event.task_id, event.event_id)
+    entry = Buffered(event.event_id, event.task_key, payload, now)
+
+    def belongs(frame: bytes) -> bool:
+        try:
+            sent = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            return True  # unreadable: not kept for a user who lost access
+        task_id = sent.get("task_id") if isinstance(sent, dict) else None
+        return (
+            isinstance(sent, dict)
+            and type(task_id) is type(event.task_id)
+            and task_id == event.task_id
+            and sent.get("user_id", event.user_id) == event.user_id
+        )
+
+    for user in users:
+        buffers.forget(user, event.task_key, belongs)
+        buffers.append(user, entry)
+    return encode_text_frame(payload), registry.targets(users, event.task_key)

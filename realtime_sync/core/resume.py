@@ -57,8 +57,22 @@ class ResumeBuffers:
         self._trim(buf, now)
         for index in range(len(buf) - 1, -1, -1):
             if buf[index].event_id == event_id:
-                return [e.frame for e in list(buf)[index + 1 :] if matches(e.task_key)]
+                return [e.frame for e in list(buf)[index + 1 :] if e.frame and matches(e.task_key)]
         return None
+
+    def forget(self, user_id: str, task_key: str, belongs: Callable[[bytes], bool]) -> int:
+        """Blank the user's buffered frames of a task they lost access to (those of
+        `task_key` that `belongs` accepts): the ids stay, so a `since` naming one still
+        resumes, but nothing of the task is replayed. Returns how many were blanked."""
+        buf = self._users.get(user_id)
+        if not buf:
+            return 0
+        blanked = 0
+        for index, entry in enumerate(buf):
+            if entry.task_key == task_key and entry.frame and belongs(entry.frame):
+                buf[index] = Buffered(entry.event_id, entry.task_key, b"", entry.at)
+                blanked += 1
+        return blanked
 
     def entries(self, user_id: str, now: float) -> list[Buffered]:
         """The user's buffered events, oldest first (for a snapshot)."""

@@ -131,3 +131,35 @@ def test_without_a_token_the_board_asks_for_one(board_stack: ServiceProcess, bro
     playwright_sync.expect(page.locator("#signin")).to_be_visible(timeout=TIMEOUT_MS)
     playwright_sync.expect(page.locator("#connection")).to_have_attribute("data-state", "closed")
     page.close()
+
+
+def test_a_task_no_longer_shared_leaves_the_board_and_its_cached_copy(
+    board_stack: ServiceProcess, browser: Any
+) -> None:
+    expect = playwright_sync.expect
+    service = board_stack
+    page = browser.new_page()
+    page.goto(f"{service.base}/#token={service.token('erin')}")
+    connection = page.locator("#connection")
+    expect(connection).to_have_attribute("data-state", "connected", timeout=TIMEOUT_MS)
+    shared = event("TASK_ADDED", "frank", 70, {"title": "Shared for a while", "status": "todo"})
+    shared["metadata"] = {"shared_with": ["erin"]}
+    shared["timestamp"] = "2026-12-01T10:00:00Z"
+    service.publish(shared)
+    service.publish(event("TASK_ADDED", "erin", 71, {"title": "Erin's own", "status": "todo"}))
+    expect(card(page, 70)).to_contain_text("Shared for a while", timeout=TIMEOUT_MS)
+    expect(card(page, 71)).to_be_visible(timeout=TIMEOUT_MS)
+    unshared = event("TASK_CHANGED", "frank", 70, {"title": "Private now"})
+    unshared["metadata"] = {"shared_with": []}
+    unshared["timestamp"] = "2026-12-01T10:00:01Z"
+    service.publish(unshared)
+    expect(card(page, 70)).to_have_count(0, timeout=TIMEOUT_MS)
+    expect(page.locator("#activity")).to_contain_text("no longer shared with you")
+    page.reload()  # the board restores its sessionStorage copy: the task must not come back
+    expect(connection).to_have_attribute("data-state", "connected", timeout=TIMEOUT_MS)
+    expect(card(page, 71)).to_be_visible(timeout=TIMEOUT_MS)
+    expect(card(page, 70)).to_have_count(0)
+    assert "Shared for a while" not in page.evaluate(
+        "sessionStorage.getItem('realtime-sync-board:state')"
+    )
+    page.close()

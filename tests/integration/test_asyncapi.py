@@ -38,6 +38,12 @@ BY_TYPE = {
 }
 
 
+def schema_of(frame: dict[str, Any]) -> str:
+    if frame.get("action") == "task_access_revoked":
+        return "AccessRevoked"
+    return BY_TYPE[frame["type"]]
+
+
 def test_the_document_is_asyncapi_3_and_lists_every_close_code() -> None:
     assert DOC["asyncapi"].startswith("3.")
     assert set(DOC["x-close-codes"]) == {int(c) for c in CloseCode}
@@ -69,6 +75,13 @@ async def test_every_frame_the_server_sends_validates(stack: ServiceProcess) -> 
             stack.publish({"type": "SOMETHING_ELSE", "user_id": "schema-a", "task_id": "s"}) == 204
         )
         frames.append(await client.next())
+        shared = {"type": "TASK_ADDED", "user_id": "schema-o", "task_id": 6, "id": "so-1"}
+        shared |= {"timestamp": "2026-12-01T10:00:00Z", "metadata": {"shared_with": ["schema-a"]}}
+        assert stack.publish(shared) == 204
+        frames.append(await client.next())
+        unshared = {**shared, "id": "so-2", "timestamp": "2026-12-01T10:00:01Z"}
+        assert stack.publish({**unshared, "metadata": {"shared_with": []}}) == 204
+        frames.append(await client.next())
         await exchange({"type": "ping", "id": "p"})
         await exchange({"type": "unsubscribe", "taskId": "t-9", "id": 3})
         await exchange({"type": "unsubscribe", "all": True})
@@ -87,10 +100,11 @@ async def test_every_frame_the_server_sends_validates(stack: ServiceProcess) -> 
     assert {f.get("action") for f in frames if f["type"] == "task_update"} == {
         "task_created",
         "task_unknown_event",
+        "task_access_revoked",
     }
     for frame in frames:
         SERVER.validate(frame)
-        validator(BY_TYPE[frame["type"]]).validate(frame)
+        validator(schema_of(frame)).validate(frame)
     token_exp = frames[-1]["exp"]
     assert isinstance(token_exp, float) and token_exp > time.time()  # the token's own exp
 
@@ -105,6 +119,14 @@ def test_the_schemas_reject_what_the_server_must_not_send() -> None:
         {**update, "action": "task_exploded"},
         {"type": "subscribed"},
         {"type": "error", "code": "bad_json"},
+        # a revocation never carries task data
+        {
+            "type": "task_update",
+            "action": "task_access_revoked",
+            "task_id": 1,
+            "event_id": "e",
+            "data": {"title": "secret"},
+        },
     ):
         with pytest.raises(jsonschema.ValidationError):
             SERVER.validate(broken)

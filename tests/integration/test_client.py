@@ -21,6 +21,7 @@ import jwt
 import pytest
 
 from realtime_sync.client import (
+    AccessRevoked,
     ConnectionState,
     Item,
     Reconnect,
@@ -194,6 +195,29 @@ async def test_updates_arrive_through_the_iterator_and_the_callback(stack: Servi
     assert added.data == {"n": 1}
     assert rec.states[:2] == [ConnectionState.CONNECTING, ConnectionState.CONNECTED]
     assert by_callback.state == ConnectionState.CLOSED
+
+
+async def test_losing_access_to_a_task_is_its_own_item(stack: ServiceProcess) -> None:
+    async with SyncClient(stack.ws_url, stack.token("py-guest"), **FAST) as client:
+        await until(lambda: client.state == ConnectionState.CONNECTED)
+        items = aiter(client)
+        shared = publish(
+            stack,
+            "py-host",
+            5,
+            timestamp="2026-12-01T10:00:00Z",
+            metadata={"shared_with": ["py-guest"]},
+        )
+        async with asyncio.timeout(8):
+            first = await anext(items)
+        unshared = publish(
+            stack, "py-host", 5, timestamp="2026-12-01T10:00:01Z", metadata={"shared_with": []}
+        )
+        async with asyncio.timeout(8):
+            second = await anext(items)
+    assert isinstance(first, TaskUpdate) and first.event_id == shared
+    assert second == AccessRevoked(event_id=unshared, task_id=5)
+    assert client.last_event_id == unshared
 
 
 async def test_a_callback_client_cannot_also_be_iterated(stack: ServiceProcess) -> None:

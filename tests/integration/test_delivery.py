@@ -18,6 +18,19 @@ def task_event(user: str, task: int | str, **extra: Any) -> dict[str, Any]:
     return {"type": "TASK_CHANGED", "user_id": user, "task_id": task, **extra}
 
 
+def shares_key(owner: str, task: int | str) -> str:
+    """The state key of a share list: owner and typed task id (see README, State store)."""
+    return "shares:" + orjson.dumps([owner, task]).decode()
+
+
+def shares_record(
+    owner: str, task: int | str, users: list[str], version: int = 0
+) -> dict[str, Any]:
+    """A share-list record as the task service's data would be stored (for seeding)."""
+    value = {"owner": owner, "users": users, "order": [version, 0, "seeded"], "revoked": []}
+    return {"key": shares_key(owner, task), "value": value}
+
+
 async def test_owner_receives_the_frame_with_every_field(stack: ServiceProcess) -> None:
     async with stack.client("owner-a") as client:
         assert (
@@ -99,13 +112,14 @@ async def test_metadata_shared_with_is_stored_as_the_share_list(stack: ServicePr
     async with stack.client("owner-w") as owner:
         stack.publish(task_event("owner-w", 301, metadata={"shared_with": ["x-w", "y-w"]}))
         await owner.updates(1)
-    stored = stack.sidecar.get_state("shares:301")
+    stored = stack.sidecar.get_state(shares_key("owner-w", 301))
     assert stored is not None
-    assert orjson.loads(stored) == ["x-w", "y-w"]
+    assert orjson.loads(stored)["users"] == ["x-w", "y-w"]
+    assert orjson.loads(stored)["owner"] == "owner-w"
 
 
 async def test_share_list_in_the_state_store_routes_the_event(stack: ServiceProcess) -> None:
-    stack.sidecar.save_state([{"key": "shares:401", "value": ["reader-r"]}])
+    stack.sidecar.save_state([shares_record("owner-r", 401, ["reader-r"])])
     async with stack.client("reader-r") as reader, stack.client("other-r") as other:
         stack.publish(task_event("owner-r", 401))
         [frame] = await reader.updates(1)
@@ -114,11 +128,11 @@ async def test_share_list_in_the_state_store_routes_the_event(stack: ServiceProc
 
 
 async def test_share_list_change_takes_effect_for_later_events(stack: ServiceProcess) -> None:
-    stack.sidecar.save_state([{"key": "shares:402", "value": ["first-c"]}])
+    stack.sidecar.save_state([shares_record("owner-c", 402, ["first-c"])])
     async with stack.client("first-c") as first, stack.client("second-c") as second:
         stack.publish(task_event("owner-c", 402, id="c-1"))
         await first.updates(1)
-        stack.sidecar.save_state([{"key": "shares:402", "value": ["second-c"]}])
+        stack.sidecar.save_state([shares_record("owner-c", 402, ["second-c"], version=1)])
         await asyncio.sleep(0.5)  # SHARES_CACHE_S is 0.2 s in these tests
         stack.publish(task_event("owner-c", 402, id="c-2"))
         [frame] = await second.updates(1)
@@ -171,7 +185,7 @@ async def test_events_of_a_cached_task_are_acked_ahead_and_all_arrive_once(
     later ones find it cached and are answered SUCCESS before the loop writes them. (The
     sidecar delivers with 10 workers, as Redis Streams does, so the order is Dapr's.)"""
     async with stack.client("owner-ahead") as owner, stack.client("friend-ahead") as friend:
-        stack.sidecar.save_state([{"key": "shares:77", "value": ["friend-ahead"]}])
+        stack.sidecar.save_state([shares_record("owner-ahead", 77, ["friend-ahead"])])
         stack.publish(task_event("owner-ahead", 77, id="ahead-first"))
         await owner.updates(1)
         await friend.updates(1)

@@ -170,13 +170,20 @@ def invoke(stack: ServiceProcess, method: str, body: bytes) -> tuple[int, bytes]
 
 async def test_set_task_shares_stores_the_list_and_routes_at_once(stack: ServiceProcess) -> None:
     status, body = invoke(
-        stack, "set_task_shares", orjson.dumps({"task_id": 555, "user_ids": ["inv-b", "inv-b"]})
+        stack,
+        "set_task_shares",
+        orjson.dumps({"task_id": 555, "user_id": "inv-a", "user_ids": ["inv-b", "inv-b"]}),
     )
     assert status == 200, body
-    assert orjson.loads(body) == {"task_id": 555, "user_ids": ["inv-b"]}
-    stored = stack.sidecar.get_state("shares:555")
+    assert orjson.loads(body) == {
+        "task_id": 555,
+        "user_id": "inv-a",
+        "user_ids": ["inv-b"],
+        "applied": True,
+    }
+    stored = stack.sidecar.get_state('shares:["inv-a",555]')
     assert stored is not None
-    assert orjson.loads(stored) == ["inv-b"]
+    assert orjson.loads(stored)["users"] == ["inv-b"]
     async with stack.client("inv-b") as client:
         stack.publish({"type": "TASK_CHANGED", "user_id": "inv-a", "task_id": 555})
         assert len(await client.updates(1)) == 1
@@ -190,6 +197,9 @@ async def test_set_task_shares_stores_the_list_and_routes_at_once(stack: Service
         b'{"task_id": 1}',
         b'{"task_id": true, "user_ids": []}',
         b'{"task_id": 1, "user_ids": [1]}',
+        b'{"task_id": 1, "user_ids": ["b"]}',  # no owner: a list is kept per owner
+        b'{"task_id": 1, "user_id": "a", "user_ids": ["b"], "shares_version": -2}',
+        b'{"task_id": 1, "user_id": "a", "user_ids": ["b"], "timestamp": "soon"}',
     ],
 )
 def test_set_task_shares_refuses_a_malformed_request(stack: ServiceProcess, body: bytes) -> None:
@@ -279,26 +289,30 @@ async def test_the_app_token_is_checked_on_exactly_the_calls_daprd_signs() -> No
 
 
 def test_concurrent_set_task_shares_all_succeed_and_one_list_wins(stack: ServiceProcess) -> None:
-    """ETag-guarded writes retried on conflict: every caller is answered with its own list,
-    and the stored list is exactly one of them (never a mix, never lost)."""
+    """ETag-guarded writes retried on conflict: every caller is answered with the list in
+    force, and the stored list is exactly the newest change (never a mix, never lost)."""
     from concurrent.futures import ThreadPoolExecutor
 
     lists = [[f"cc-{i}-a", f"cc-{i}-b"] for i in range(12)]
     with ThreadPoolExecutor(12) as pool:
         results = list(
             pool.map(
-                lambda users: invoke(
-                    stack, "set_task_shares", orjson.dumps({"task_id": 777, "user_ids": users})
+                lambda i: invoke(
+                    stack,
+                    "set_task_shares",
+                    orjson.dumps(
+                        {"task_id": 777, "user_id": "cc", "user_ids": lists[i], "shares_version": i}
+                    ),
                 ),
-                lists,
+                range(len(lists)),
             )
         )
-    for users, (status, body) in zip(lists, results, strict=True):
+    for status, body in results:
         assert status == 200, body
-        assert orjson.loads(body)["user_ids"] == users
-    stored = stack.sidecar.get_state("shares:777")
+        assert orjson.loads(body)["user_ids"] in lists
+    stored = stack.sidecar.get_state('shares:["cc",777]')
     assert stored is not None
-    assert orjson.loads(stored) in lists
+    assert orjson.loads(stored)["users"] == lists[-1]
 
 
 async def test_a_full_hand_off_queue_answers_retry_after_a_short_wait() -> None:

@@ -11,6 +11,8 @@ from typing import Any, cast
 import pytest
 
 from realtime_sync.bridge import Bridge, Slots
+from realtime_sync.core.events import TaskId
+from realtime_sync.core.shares import ShareOrder, ShareRecord, share_key
 from realtime_sync.dispatcher import Dispatcher
 from realtime_sync.hub import Hub
 from realtime_sync.metrics import Metrics
@@ -35,7 +37,7 @@ def make_delivery() -> MakeDelivery:
 
     def make(store: object = None, *, capacity: int = 100, ack_ahead: int = 128) -> Delivery:
         metrics = Metrics()
-        shares = ShareLists(cast(Any, store), cache_s=60.0, clock=time.monotonic)
+        shares = ShareLists(cast(Any, store), cache_s=60.0, clock=time.monotonic, metrics=metrics)
         hub = Hub(
             metrics=metrics,
             dedupe_window_s=60,
@@ -51,3 +53,9 @@ def make_delivery() -> MakeDelivery:
         return Delivery(hub, shares, metrics, dispatcher, bridge)
 
     return make
+
+
+def know_shares(d: Delivery, owner: str, task_id: TaskId, users: tuple[str, ...]) -> None:
+    """Put a share list in the replica's cache, as if read from the store."""
+    record = ShareRecord(owner, users, ShareOrder(0, 0, "seeded"))
+    d.shares.remember(share_key(owner, task_id), record)

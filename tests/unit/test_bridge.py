@@ -15,7 +15,7 @@ from realtime_sync.bridge import DRAIN_ROUNDS, Bridge, Handoff, Slots
 from realtime_sync.core.events import TaskEvent, parse_event
 from realtime_sync.core.outcomes import Verdict
 from realtime_sync.state import ShareLists
-from tests.unit.conftest import MakeDelivery
+from tests.unit.conftest import MakeDelivery, know_shares
 
 
 def event(n: int) -> TaskEvent:
@@ -82,7 +82,7 @@ async def test_known_recipients_are_acked_ahead_up_to_the_window(
 ) -> None:
     d = make_delivery(ack_ahead=2, capacity=10)
     for n in range(4):
-        d.shares.remember(str(n), ())
+        know_shares(d, "u", n, ())
     offered = [d.bridge.offer(event(n), None, 0.0) for n in range(3)]
     assert [h is not None and h.acked for h in offered] == [True, True, False]
     await d.bridge.wait_idle()  # the loop routes all three and frees their slots
@@ -100,7 +100,7 @@ async def test_an_unknown_share_list_always_waits_for_the_verdict(
 
 async def test_ack_ahead_zero_never_acks_before_the_writes(make_delivery: MakeDelivery) -> None:
     d = make_delivery(ack_ahead=0)
-    d.shares.remember("1", ("v",))
+    know_shares(d, "u", 1, ("v",))
     h = d.bridge.offer(event(1), None, 0.0)
     assert h is not None and not h.acked
     await d.bridge.wait_idle()
@@ -111,7 +111,7 @@ async def test_the_drain_waits_for_hand_offs_not_yet_taken_by_the_loop(
     make_delivery: MakeDelivery,
 ) -> None:
     d = make_delivery(ack_ahead=4)
-    d.shares.remember("1", ())
+    know_shares(d, "u", 1, ())
     h = d.bridge.offer(event(1), None, 0.0)
     assert h is not None and h.acked
     await d.bridge.wait_idle()  # directly: no task switch before it looks

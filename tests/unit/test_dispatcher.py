@@ -16,8 +16,12 @@ import orjson
 from realtime_sync.core.events import TaskEvent, parse_event
 from realtime_sync.core.outcomes import Verdict
 from realtime_sync.core.routing import Subscriptions
+from realtime_sync.core.shares import ShareOrder, ShareRecord, share_key
 from realtime_sync.core.wire import split_text_frames
-from tests.unit.conftest import Delivery, MakeDelivery
+from tests.unit.conftest import Delivery, MakeDelivery, know_shares
+
+KEY7 = share_key("owner", 7)
+BOB_RECORD = ShareRecord("owner", ("bob",), ShareOrder(0, 0, "seeded")).encode()
 
 
 class GatedStore:
@@ -43,7 +47,9 @@ class GatedStore:
         await self._pass()
         return values
 
-    async def save(self, key: str, value: bytes, *, etag: str | None = None) -> None:
+    async def save(
+        self, key: str, value: bytes, *, etag: str | None = None, insert: bool = False
+    ) -> None:
         await self._pass()
         self.data[key] = value
 
@@ -106,7 +112,7 @@ async def test_a_share_list_change_applies_to_the_events_behind_it(
     store = GatedStore()
     store.gate.clear()
     d = make_delivery(store)
-    d.shares.remember("7", ("bob",))
+    know_shares(d, "owner", 7, ("bob",))
     owner, bob = connect(d, "c1", "owner"), connect(d, "c2", "bob")
     async with workers(d):
         _, e2 = await offer_from_a_thread(d, event(1, shared_with=[]), event(2))
@@ -116,14 +122,14 @@ async def test_a_share_list_change_applies_to_the_events_behind_it(
         await d.bridge.wait_idle()
     assert owner.got == ["e1", "e2"]
     assert bob.got == []
-    assert d.shares.cached("7") == ()
+    assert d.shares.cached(KEY7, "owner") == ()
 
 
 async def test_events_of_a_task_waiting_on_the_store_keep_their_order(
     make_delivery: MakeDelivery,
 ) -> None:
     store = GatedStore()
-    store.data["shares:7"] = b'["bob"]'
+    store.data[KEY7] = BOB_RECORD
     store.gate.clear()
     d = make_delivery(store)
     bob = connect(d, "c2", "bob")
@@ -145,16 +151,18 @@ async def test_a_read_in_flight_does_not_bring_back_an_older_list(
     make_delivery: MakeDelivery,
 ) -> None:
     store = GatedStore()
-    store.data["shares:7"] = b'["bob"]'
+    store.data[KEY7] = BOB_RECORD
     d = make_delivery(store)
     store.gate.clear()
-    reading = asyncio.create_task(d.shares.get("7"))  # sees ["bob"], answers later
+    reading = asyncio.create_task(d.shares.get(KEY7, "owner"))  # sees ["bob"], answers later
     await store.called.wait()
-    writing = asyncio.create_task(d.shares.put("7", []))  # an event's shared_with
+    unshare = event(2, shared_with=[]).shares_change  # an event's shared_with, newer
+    assert unshare is not None
+    writing = asyncio.create_task(d.shares.apply(KEY7, unshare))
     store.gate.set()
     await writing
     assert await reading == ()
-    assert d.shares.cached("7") == ()
+    assert d.shares.cached(KEY7, "owner") == ()
 
 
 async def test_a_redelivered_event_is_sent_once_and_answered_success(
@@ -163,7 +171,7 @@ async def test_a_redelivered_event_is_sent_once_and_answered_success(
     """On the direct path (share list cached) and on the worker path (store read)."""
     store = GatedStore()
     d = make_delivery(store, ack_ahead=0)
-    d.shares.remember("7", ())
+    know_shares(d, "owner", 7, ())
     owner = connect(d, "c1", "owner")
     async with workers(d):
         first = await offer_from_a_thread(d, event(1), event(1))
@@ -179,7 +187,7 @@ async def test_the_events_of_one_drain_reach_a_connection_in_one_write(
 ) -> None:
     d = make_delivery()
     for task in (1, 2, 3):
-        d.shares.remember(str(task), ())
+        know_shares(d, "owner", task, ())
     owner = connect(d, "c1", "owner")
     for n in (1, 2, 3):  # on the loop: all three are in the inbox before it drains
         assert d.bridge.offer(event(n, task_id=n), None, 0.0) is not None
@@ -190,7 +198,7 @@ async def test_the_events_of_one_drain_reach_a_connection_in_one_write(
 
 async def test_a_closing_connection_is_not_written_to(make_delivery: MakeDelivery) -> None:
     d = make_delivery()
-    d.shares.remember("7", ("bob",))
+    know_shares(d, "owner", 7, ("bob",))
     owner, bob = connect(d, "c1", "owner"), connect(d, "c2", "bob")
     bob.close_code = cast(Any, 4008)
     await offer_from_a_thread(d, event(1))
@@ -198,3 +206,34 @@ async def test_a_closing_connection_is_not_written_to(make_delivery: MakeDeliver
     assert owner.got == ["e1"]
     assert bob.got == []
     assert sample(d, "realtime_sync_messages_sent_total") == 1
+
+
+async def test_the_cache_never_goes_back_to_an_older_list(make_delivery: MakeDelivery) -> None:
+    """A late older change, or a read that returns an older record, leaves a newer cached
+    list in place; an older change is not even written."""
+    store = GatedStore()
+    d = make_delivery(store)
+    newer = ShareRecord("owner", (), ShareOrder(0, 20, "e2"))
+    older = ShareRecord("owner", ("bob",), ShareOrder(0, 10, "e1"))
+    d.shares.remember(KEY7, newer)
+    d.shares.remember(KEY7, older)
+    assert d.shares.cached(KEY7, "owner") == ()
+    applied = await d.shares.apply(KEY7, older)
+    assert (applied.write, applied.current, applied.revoked) == (False, newer, ())
+    assert KEY7 not in store.data
+    assert d.shares.cached(KEY7, "owner") == ()
+
+
+async def test_a_list_of_another_owner_is_not_used_and_is_counted(
+    make_delivery: MakeDelivery,
+) -> None:
+    store = GatedStore()
+    store.data[KEY7] = ShareRecord("mallory", ("bob",), ShareOrder(0, 0, "x")).encode()
+    d = make_delivery(store)
+    owner, bob = connect(d, "c1", "owner"), connect(d, "c2", "bob")
+    async with workers(d):
+        await offer_from_a_thread(d, event(1))
+        await d.bridge.wait_idle()
+    assert owner.got == ["e1"]
+    assert bob.got == []
+    assert sample(d, "realtime_sync_share_owner_mismatch_total") == 1

@@ -145,6 +145,26 @@ test("authenticates with the first frame (token never in the URL) and delivers u
   }
 });
 
+test("losing access to a task is an accessRevoked event, never an update", async () => {
+  const client = new RealtimeSyncClient({ url: WS_URL, token: mintToken("js-guest"), ...fast });
+  const seen = watch(client);
+  const revoked = [];
+  client.addEventListener("accessRevoked", (e) => revoked.push(e.detail));
+  client.start();
+  try {
+    await waitFor(() => client.state === "connected", 8000, "connected");
+    const shared = await publish("js-host", 5, { timestamp: "2026-12-01T10:00:00Z", metadata: { shared_with: ["js-guest"] } });
+    await waitFor(() => seen.updates.length === 1, 8000, "the shared update");
+    const unshared = await publish("js-host", 5, { timestamp: "2026-12-01T10:00:01Z", metadata: { shared_with: [] } });
+    await waitFor(() => revoked.length === 1, 8000, "the revocation");
+    assert.deepEqual(revoked[0], { type: "task_update", action: "task_access_revoked", task_id: 5, event_id: unshared });
+    assert.deepEqual(seen.updates.map((u) => u.event_id), [shared]);
+    assert.equal(client.lastEventId, unshared);
+  } finally {
+    client.close();
+  }
+});
+
 test("query mode sends the token in the URL and works", async () => {
   const urls = [];
   const client = new RealtimeSyncClient({ url: WS_URL, token: mintToken("js-query"), authMode: "query", ...fast, WebSocket: recordingWebSocket(urls) });

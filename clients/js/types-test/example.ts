@@ -2,6 +2,7 @@
 // Imported by its package name, so the `exports` map (and its `types`) is what resolves it.
 // test/types-example.test.mjs compiles it with tsc and runs `run()` against the live service.
 import {
+  type AccessRevoked,
   AUTH_CLOSE_CODES,
   type BackoffOptions,
   ClientPolicy,
@@ -75,7 +76,10 @@ function dropsRepeats(eventId: string): boolean {
 }
 
 /** What a screen would do with each item of `updates()`. */
-function describe(item: TaskUpdate | ResyncRequired | ConsumerFellBehind): string {
+function describe(item: TaskUpdate | AccessRevoked | ResyncRequired | ConsumerFellBehind): string {
+  if (item.type === "task_update" && item.action === "task_access_revoked") {
+    return `drop task ${item.task_id}`;
+  }
   if (item.type === "task_update") return `${item.action} ${item.task_id}`;
   return "reason" in item ? `refetch: ${item.reason}` : `refetch after ${item.since}`;
 }
@@ -118,6 +122,8 @@ export async function run(config: ExampleConfig): Promise<ExampleResult> {
   client.addEventListener("state", (event) => states.push(event.detail));
   client.addEventListener("update", (event) => updates.push(event.detail));
   client.addEventListener("resync", (event) => resyncs.push(event.detail));
+  const revoked: TaskId[] = [];
+  client.addEventListener("accessRevoked", (event) => revoked.push(event.detail.task_id));
   client.addEventListener("reconnect", (event) => reconnects.push(event.detail));
   client.addEventListener("connected", (event) => (seen.connected = event.detail));
   client.addEventListener("servererror", (event: RealtimeSyncEventMap["servererror"]) => {
@@ -139,7 +145,7 @@ export async function run(config: ExampleConfig): Promise<ExampleResult> {
     await until(() => client.state === "connected");
     const eventId = await config.publish(42);
     const item = await first;
-    if (item.done || item.value.type !== "task_update") {
+    if (item.done || item.value.type !== "task_update" || item.value.action === "task_access_revoked") {
       throw new Error(`expected a task update, got ${item.done ? "the end" : describe(item.value)}`);
     }
     await until(() => updates.length > 0);
