@@ -130,6 +130,7 @@ class Service:
                 metrics=self.metrics,
                 clock=time.time,
             ),
+            publish_task=lambda data: state.publish(s.pubsub_name, s.topic_name, data),
         )
         await gateway.start()
         app_port = subscriber.start()

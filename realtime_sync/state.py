@@ -190,8 +190,9 @@ class DaprState:
             await client.save_bulk_state(self._store, states)
 
     async def publish(self, pubsub: str, topic: str, data: bytes) -> None:
-        """Publish one JSON message (the control topic's): the service's one pub/sub
-        call rides the same sidecar client. Raises StateUnavailable."""
+        """Publish one JSON message (a share-list change on the task topic, a control
+        message): the service's pub/sub calls ride the same sidecar client (and its
+        DAPR_API_TOKEN). Raises StateUnavailable."""
         async with self._call("publish") as client:
             await client.publish_event(pubsub, topic, data, data_content_type="application/json")
 

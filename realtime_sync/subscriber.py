@@ -11,10 +11,8 @@ import asyncio
 import concurrent.futures
 import hmac
 import logging
-import os
 import threading
 import time
-import urllib.error
 import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +36,6 @@ from realtime_sync.core.events import (
 from realtime_sync.core.outcomes import Verdict
 from realtime_sync.cutoffs import UserDisconnects, parse_control
 from realtime_sync.metrics import Metrics
-from realtime_sync.publisher import Publisher, sidecar_base_url
 from realtime_sync.state import ShareLists, StateUnavailable
 
 log = logging.getLogger(__name__)
@@ -248,6 +245,7 @@ class Subscriber:
         on_subscriptions_listed: Callable[[], None],
         presence: Callable[[str], Coroutine[Any, Any, dict[str, Any]]],
         disconnects: UserDisconnects,
+        publish_task: Callable[[bytes], Coroutine[Any, Any, None]],
     ) -> None:
         self._s = settings
         self._disconnects = disconnects
@@ -256,13 +254,9 @@ class Subscriber:
         self._shares = shares
         self._metrics = metrics
         self._loop = loop
-        # Share-list changes made here reach the other replicas through the topic.
-        self._publisher = Publisher(
-            sidecar_base_url(),
-            settings.pubsub_name,
-            settings.topic_name,
-            api_token=os.environ.get("DAPR_API_TOKEN") or None,
-        )
+        # Share-list changes made here reach the other replicas through the task topic,
+        # in order with the task's own events (publish_task: the sidecar's publish API).
+        self._publish_task = publish_task
         self.draining = False
         self.serving = True
         self.in_flight = InFlight()
@@ -407,18 +401,19 @@ class Subscriber:
         verdict = handoff.outcome(self._s.handler_timeout_s) if handoff is not None else None
         if handoff is None or verdict is not Verdict.SUCCESS:
             raise Unavailable("could not store the share list; try again")
+        published = orjson.dumps(
+            {
+                "type": SHARES_CHANGED,
+                "id": change.event_id,
+                "user_id": change.user_id,
+                "task_id": change.task_id,
+                "timestamp": change.timestamp,  # the order every replica applies
+                "metadata": change.metadata,
+            }
+        )
         try:
-            self._publisher.publish(
-                {
-                    "type": SHARES_CHANGED,
-                    "id": change.event_id,
-                    "user_id": change.user_id,
-                    "task_id": change.task_id,
-                    "timestamp": change.timestamp,  # the order every replica applies
-                    "metadata": change.metadata,
-                }
-            )
-        except (OSError, urllib.error.URLError) as exc:
+            self._run_on_loop(self._publish_task(published))
+        except (StateUnavailable, Unavailable) as exc:
             # Applied here, not yet on the others: the caller retries (same id: applied once).
             raise Unavailable(f"share list stored, not published to the replicas: {exc}") from None
         applied = handoff.applied

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from tests.integration.conftest import Client, ServiceProcess, running_stack
-from tests.integration.harness import wait_until
+from tests.integration.harness import inbound_retry, wait_until
 from tests.integration.test_replicas import two_replicas
 
 BASE = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -76,7 +76,7 @@ async def frames_until(
 @pytest.fixture(scope="module")
 def stack() -> Iterator[ServiceProcess]:
     """Redelivery after 2 s, so a newer change published meanwhile lands first."""
-    args = ["--retry-initial-s", "2", "--retry-max-interval-s", "2", "--max-retries", "-1"]
+    args = inbound_retry("shares", policy="constant", duration="2s", maxRetries=-1)
     with running_stack("shares", sidecar_args=args) as service:
         yield service
 
