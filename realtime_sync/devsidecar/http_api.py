@@ -15,6 +15,9 @@ Dapr API (``dapr-api-token`` header required when ``DAPR_API_TOKEN`` is set, exc
 * ``GET /v1.0/metadata``
 * ``{any verb} /v1.0/invoke/{app-id}/method/{method}`` → the app's ``OnInvoke`` reply
 
+Requests a browser sent for a web page are refused (403 ``ERR_ORIGIN_REFUSED``) unless
+the page's origin is in ``--allowed-origins`` (see :mod:`.origins`).
+
 Dev only (not part of Dapr; token-protected like the API):
 
 * ``GET /dev/stats`` → delivery counters per topic and per app instance, pending messages,
@@ -43,6 +46,7 @@ from .api import token_matches
 from .envelope import EnvelopeError, Publication, go_json, rfc3339
 from .errors import ApiError, bad_request, unauthenticated
 from .faults import DEFAULT_SLOW_S, StateFault
+from .origins import CORS_METHODS, OriginPolicy
 from .runtime import SidecarRuntime
 from .state import Concurrency, StateError, StateWrite, parse_ttl
 
@@ -146,6 +150,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         self._dispatch("PATCH")
 
+    def do_OPTIONS(self) -> None:
+        self._dispatch("OPTIONS")
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s", format % args)
 
@@ -160,6 +167,23 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length) if length else b""
         url = urlsplit(self.path)
+        server = self.server
+        assert isinstance(server, DaprHttpServer)
+        origin = self.headers.get("Origin")
+        refusal = server.origins.refusal(origin, self.headers.get("Sec-Fetch-Site"))
+        if refusal is not None:
+            log.warning("HTTP %s %s refused: %s", verb, url.path, refusal)
+            self._send(_json_reply({"errorCode": "ERR_ORIGIN_REFUSED", "message": refusal}, 403))
+            return
+        cors = server.origins.cors_headers(origin)
+        if verb == "OPTIONS" and cors:
+            # A CORS preflight from an allowed origin (daprd: rs/cors with these methods).
+            cors["Access-Control-Allow-Methods"] = CORS_METHODS
+            cors["Access-Control-Allow-Headers"] = self.headers.get(
+                "Access-Control-Request-Headers", ""
+            )
+            self._send(Reply(204, headers=cors))
+            return
         try:
             token = self.runtime.config.dapr_api_token
             if token and url.path not in _HEALTH_PATHS:
@@ -174,6 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("HTTP %s %s failed", verb, url.path)
             reply = _json_reply({"errorCode": "ERR_INTERNAL", "message": "internal error"}, 500)
+        reply.headers.update(cors)
         self._send(reply)
 
     def _send(self, reply: Reply) -> None:
@@ -348,6 +373,7 @@ class DaprHttpServer(ThreadingHTTPServer):
         if ":" in host:
             self.address_family = socket.AF_INET6
         self.runtime = runtime
+        self.origins = OriginPolicy.parse(runtime.config.allowed_origins)
         super().__init__((host, port), _Handler)
 
     @property
