@@ -43,7 +43,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import grpc
 
 from .api import token_matches
-from .envelope import EnvelopeError, Publication, go_json, rfc3339
+from .envelope import EnvelopeError, Publication, go_json, load_json, rfc3339
 from .errors import ApiError, bad_request, unauthenticated
 from .faults import DEFAULT_SLOW_S, StateFault
 from .origins import CORS_METHODS, OriginPolicy
@@ -74,7 +74,7 @@ def _malformed(message: str) -> ApiError:
 
 def _parse_body(body: bytes) -> object:
     try:
-        return json.loads(body or b"null")
+        return load_json(body or b"null")
     except ValueError as exc:
         raise _malformed(f"failed to parse the JSON body: {exc}") from None
 
@@ -120,7 +120,7 @@ def _state_write(item: object, reason: str, *, delete: bool = False) -> StateWri
 
 def _stored_json(data: bytes) -> object:
     try:
-        return json.loads(data)
+        return load_json(data)
     except ValueError:
         return data.decode("utf-8", "replace")
 
@@ -289,7 +289,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers["metadata.ttlExpireTime"] = rfc3339(expiry)
         content_type = "application/json"
         try:
-            json.loads(value.data)
+            load_json(value.data)
         except ValueError:
             content_type = "application/octet-stream"
         return Reply(200, value.data, content_type, headers)
