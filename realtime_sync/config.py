@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from realtime_sync.core.auth import check_key_setup
+from realtime_sync.core.resume import DEFAULT_MAX_BYTES, DEFAULT_MAX_USERS
 
 
 class SettingsError(ValueError):
@@ -107,6 +108,12 @@ class Settings:
     outbox_max_bytes: int = setting(1 << 20, "per-connection bytes", 1024, 1 << 30)
     resume_window_s: float = setting(300.0, "resume buffer age", 1, 86400)
     resume_max_events: int = setting(1000, "resume buffer size", 1, 10**6)
+    resume_max_users: int = setting(
+        DEFAULT_MAX_USERS, "users with a resume buffer (least recently used evicted)", 1, 10**8
+    )
+    resume_max_bytes: int = setting(
+        DEFAULT_MAX_BYTES, "memory of all resume buffers (LRU users evicted)", 1 << 20, 1 << 40
+    )
     dedupe_window_s: float = setting(600.0, "event id memory", 1, 86400)
     dedupe_max_ids: int = setting(100_000, "event ids remembered", 100, 10**7)
     max_frame_bytes: int = setting(65536, "largest client frame", 256, 1 << 24)

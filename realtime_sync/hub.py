@@ -11,7 +11,7 @@ from realtime_sync.connection import ClientConnection
 from realtime_sync.core.dedupe import SeenIds
 from realtime_sync.core.outcomes import CloseCode
 from realtime_sync.core.protocol import Subscribe
-from realtime_sync.core.resume import ResumeBuffers
+from realtime_sync.core.resume import DEFAULT_MAX_BYTES, DEFAULT_MAX_USERS, ResumeBuffers
 from realtime_sync.core.routing import Registry
 from realtime_sync.metrics import Metrics
 from realtime_sync.state import ResumeSnapshots, StateUnavailable
@@ -32,12 +32,20 @@ class Hub:
         dedupe_max_ids: int,
         resume_window_s: float,
         resume_max_events: int,
+        resume_max_users: int = DEFAULT_MAX_USERS,
+        resume_max_bytes: int = DEFAULT_MAX_BYTES,
         snapshots: ResumeSnapshots | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.registry: Registry[ClientConnection] = Registry()
         self.seen = SeenIds(window_s=dedupe_window_s, max_ids=dedupe_max_ids)
-        self.buffers = ResumeBuffers(window_s=resume_window_s, max_events=resume_max_events)
+        self.buffers = ResumeBuffers(
+            window_s=resume_window_s,
+            max_events=resume_max_events,
+            max_users=resume_max_users,
+            max_bytes=resume_max_bytes,
+            on_evict=lambda bound: metrics.resume_evictions.labels(bound.value).inc(),
+        )
         self.snapshots = snapshots
         self.metrics = metrics
         self.clock = clock
@@ -112,3 +120,5 @@ class Hub:
             now = self.clock()
             self.buffers.purge(now)
             self.seen.expire(now)
+            self.metrics.resume_users.set(self.buffers.user_count)
+            self.metrics.resume_bytes.set(self.buffers.byte_count)

@@ -94,6 +94,21 @@ class Metrics:
         self.resume = Counter(
             "realtime_sync_resume", "Subscribes with `since`, by result", ["result"], registry=r
         )
+        self.resume_evictions = Counter(
+            "realtime_sync_resume_evictions",
+            "Users whose resume buffer was dropped early (RESUME_MAX_USERS or "
+            "RESUME_MAX_BYTES), by the bound hit; their next resume gets resync_required",
+            ["bound"],
+            registry=r,
+        )
+        self.resume_users = Gauge(
+            "realtime_sync_resume_users", "Users with a resume buffer", registry=r
+        )
+        self.resume_bytes = Gauge(
+            "realtime_sync_resume_bytes",
+            "Memory held by resume buffers, as counted against RESUME_MAX_BYTES",
+            registry=r,
+        )
         self.handoff_depth = Gauge(
             "realtime_sync_handoff_queue_depth", "Events waiting for the event loop", registry=r
         )

@@ -73,6 +73,8 @@ class Service:
             dedupe_max_ids=s.dedupe_max_ids,
             resume_window_s=s.resume_window_s,
             resume_max_events=s.resume_max_events,
+            resume_max_users=s.resume_max_users,
+            resume_max_bytes=s.resume_max_bytes,
             snapshots=snapshots,
         )
         slots = Slots(s.handoff_queue)

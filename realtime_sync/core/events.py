@@ -31,6 +31,11 @@ SHARES_CHANGED: Final = "TASK_SHARES_CHANGED"
 REVOKED_ACTION: Final = "task_access_revoked"
 MAX_ID_LENGTH: Final = 256
 
+# Deepest nesting of arrays/objects inside `data` or `metadata`. orjson parses 1,024
+# levels but writes at most 254, so a deeper event would parse and then fail to become a
+# frame (routing crashed, RETRY forever); it is dropped at parse instead.
+MAX_NESTING: Final = 128
+
 TaskId = int | str
 
 
@@ -100,6 +105,23 @@ def is_task_id(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
 
 
+def nested_deeper_than(value: object, limit: int) -> bool:
+    """Whether arrays/objects nest more than `limit` levels in `value` (no recursion)."""
+    pending: list[tuple[object, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _require_str(payload: dict[str, Any], name: str) -> str:
     value = payload.get(name)
     if value is None:
@@ -133,7 +155,8 @@ def parse_event(
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        raise InvalidEvent("data is not JSON") from None
+        # orjson also refuses JSON nested deeper than 1,024 levels this way.
+        raise InvalidEvent("data is not JSON (or nests deeper than 1024 levels)") from None
     if not isinstance(payload, dict):
         raise InvalidEvent("data is not a JSON object")
 
@@ -168,6 +191,10 @@ def parse_event(
         metadata = {}
     elif not isinstance(metadata, dict):
         raise InvalidEvent("field 'metadata' must be an object")
+
+    for name, value in (("data", data), ("metadata", metadata)):
+        if nested_deeper_than(value, MAX_NESTING):
+            raise InvalidEvent(f"field {name!r} is nested deeper than {MAX_NESTING} levels")
 
     shared_with: tuple[str, ...] | None = None
     share_order: ShareOrder | None = None

@@ -141,6 +141,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     add("--listen-host", default="127.0.0.1", help="address the Dapr APIs listen on")
     add(
+        "--allowed-origins",
+        default="",
+        help="comma-separated browser origins (scheme://host:port) whose pages may call the "
+        "HTTP API, or * for any (daprd's flag); default none: a request a browser sends for "
+        "a web page is refused with 403",
+    )
+    add(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
@@ -186,6 +193,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sideca
         block_shutdown_s=args.dapr_block_shutdown_duration,
         journal=args.journal,
         listen_host=args.listen_host,
+        allowed_origins=tuple(o.strip() for o in args.allowed_origins.split(",") if o.strip()),
         dapr_api_token=env.get("DAPR_API_TOKEN") or None,
         app_api_token=env.get("APP_API_TOKEN") or None,
     )

@@ -97,6 +97,7 @@ class SidecarConfig:
     block_shutdown_s: float | None = None
     journal: Path | None = None
     listen_host: str = "127.0.0.1"
+    allowed_origins: tuple[str, ...] = ()  # browser origins served (daprd's flag); "*": any
     dapr_api_token: str | None = field(default=None, repr=False)
     app_api_token: str | None = field(default=None, repr=False)
 

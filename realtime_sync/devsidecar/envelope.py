@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from dapr.proto.runtime.v1 import appcallback_pb2
 
@@ -119,10 +120,48 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def parse_json(body: bytes) -> object:
-    """Parse publisher bytes as JSON (UTF-8 only, no NaN/Infinity), or raise PublishError."""
+# Deeper JSON is refused where the sidecar parses and where it re-serialises: Python's
+# parser and `go_json` recurse once per level and would hit the interpreter's recursion
+# limit (~1000) with an unhelpful error. daprd's Go decoder allows 10,000 levels
+# (encoding/json scanner.go `maxNestingDepth`); the service's own parser (orjson) 1,024.
+MAX_JSON_DEPTH = 128
+TOO_DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+
+
+def nested_too_deep(value: object, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether a parsed JSON value has arrays/objects nested more than `limit` deep
+    (checked without recursion)."""
+    pending: list[tuple[object, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: list[object] = list(item.values())
+        elif isinstance(item, list | tuple):
+            children = list(item)
+        else:
+            continue
+        if depth + 1 > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
+
+
+def load_json(text: str | bytes, **options: Any) -> object:
+    """`json.loads` with the depth bound; raises ValueError (the message says why)."""
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        value = json.loads(text, **options)
+    except RecursionError:
+        raise ValueError(TOO_DEEP) from None
+    if nested_too_deep(value):
+        raise ValueError(TOO_DEEP)
+    return value
+
+
+def parse_json(body: bytes) -> object:
+    """Parse publisher bytes as JSON (UTF-8 only, no NaN/Infinity, at most MAX_JSON_DEPTH
+    levels), or raise PublishError."""
+    try:
+        return load_json(body.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise PublishError(f"error when marshalling cloud event envelope: {exc}") from None
 
@@ -135,8 +174,11 @@ def go_json(value: object) -> bytes:
 
     Sorted keys, compact, ``<``, ``>``, ``&``, U+2028 and U+2029 escaped, other non-ASCII
     kept as UTF-8, and every number passed through float64 (so integers beyond 2**53 lose
-    precision exactly as they do for a real daprd subscriber).
+    precision exactly as they do for a real daprd subscriber). Raises EnvelopeError for
+    a value nested deeper than MAX_JSON_DEPTH.
     """
+    if nested_too_deep(value):
+        raise EnvelopeError(TOO_DEEP)
     return _encode(value).encode("utf-8")
 
 

@@ -15,6 +15,9 @@ Dapr API (``dapr-api-token`` header required when ``DAPR_API_TOKEN`` is set, exc
 * ``GET /v1.0/metadata``
 * ``{any verb} /v1.0/invoke/{app-id}/method/{method}`` → the app's ``OnInvoke`` reply
 
+Requests a browser sent for a web page are refused (403 ``ERR_ORIGIN_REFUSED``) unless
+the page's origin is in ``--allowed-origins`` (see :mod:`.origins`).
+
 Dev only (not part of Dapr; token-protected like the API):
 
 * ``GET /dev/stats`` → delivery counters per topic and per app instance, pending messages,
@@ -40,9 +43,10 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import grpc
 
 from .api import token_matches
-from .envelope import EnvelopeError, Publication, go_json, rfc3339
+from .envelope import EnvelopeError, Publication, go_json, load_json, rfc3339
 from .errors import ApiError, bad_request, unauthenticated
 from .faults import DEFAULT_SLOW_S, StateFault
+from .origins import CORS_METHODS, OriginPolicy
 from .runtime import SidecarRuntime
 from .state import Concurrency, StateError, StateWrite, parse_ttl
 
@@ -70,7 +74,7 @@ def _malformed(message: str) -> ApiError:
 
 def _parse_body(body: bytes) -> object:
     try:
-        return json.loads(body or b"null")
+        return load_json(body or b"null")
     except ValueError as exc:
         raise _malformed(f"failed to parse the JSON body: {exc}") from None
 
@@ -116,7 +120,7 @@ def _state_write(item: object, reason: str, *, delete: bool = False) -> StateWri
 
 def _stored_json(data: bytes) -> object:
     try:
-        return json.loads(data)
+        return load_json(data)
     except ValueError:
         return data.decode("utf-8", "replace")
 
@@ -146,6 +150,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         self._dispatch("PATCH")
 
+    def do_OPTIONS(self) -> None:
+        self._dispatch("OPTIONS")
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s", format % args)
 
@@ -160,6 +167,23 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length) if length else b""
         url = urlsplit(self.path)
+        server = self.server
+        assert isinstance(server, DaprHttpServer)
+        origin = self.headers.get("Origin")
+        refusal = server.origins.refusal(origin, self.headers.get("Sec-Fetch-Site"))
+        if refusal is not None:
+            log.warning("HTTP %s %s refused: %s", verb, url.path, refusal)
+            self._send(_json_reply({"errorCode": "ERR_ORIGIN_REFUSED", "message": refusal}, 403))
+            return
+        cors = server.origins.cors_headers(origin)
+        if verb == "OPTIONS" and cors:
+            # A CORS preflight from an allowed origin (daprd: rs/cors with these methods).
+            cors["Access-Control-Allow-Methods"] = CORS_METHODS
+            cors["Access-Control-Allow-Headers"] = self.headers.get(
+                "Access-Control-Request-Headers", ""
+            )
+            self._send(Reply(204, headers=cors))
+            return
         try:
             token = self.runtime.config.dapr_api_token
             if token and url.path not in _HEALTH_PATHS:
@@ -174,6 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("HTTP %s %s failed", verb, url.path)
             reply = _json_reply({"errorCode": "ERR_INTERNAL", "message": "internal error"}, 500)
+        reply.headers.update(cors)
         self._send(reply)
 
     def _send(self, reply: Reply) -> None:
@@ -264,7 +289,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers["metadata.ttlExpireTime"] = rfc3339(expiry)
         content_type = "application/json"
         try:
-            json.loads(value.data)
+            load_json(value.data)
         except ValueError:
             content_type = "application/octet-stream"
         return Reply(200, value.data, content_type, headers)
@@ -348,6 +373,7 @@ class DaprHttpServer(ThreadingHTTPServer):
         if ":" in host:
             self.address_family = socket.AF_INET6
         self.runtime = runtime
+        self.origins = OriginPolicy.parse(runtime.config.allowed_origins)
         super().__init__((host, port), _Handler)
 
     @property

@@ -7,6 +7,7 @@ fault switch, daprd's error codes and messages) lives here, once.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from .faults import StateFault, StateFaults
 from .routing import Subscription
 from .state import InMemoryStateStore, StateError, StateErrorKind, StateWrite, StoredValue
 from .wellknown import status_code, status_details
+
+log = logging.getLogger(__name__)
 
 _HTTP_FOR_GRPC = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -108,6 +111,7 @@ class SidecarRuntime:
         try:
             event = build_cloud_event(publication, source=self.config.app_id)
         except PublishError as exc:
+            log.warning("publish to %s refused: %s", publication.topic, exc)
             raise ApiError(
                 grpc.StatusCode.INVALID_ARGUMENT, 400, "ERR_PUBSUB_CLOUD_EVENTS_SER", str(exc)
             ) from None

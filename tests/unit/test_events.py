@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -13,11 +14,13 @@ from hypothesis import strategies as st
 from realtime_sync.core.events import (
     ACTIONS,
     MAX_ID_LENGTH,
+    MAX_NESTING,
     UNKNOWN_ACTION,
     InvalidEvent,
     TaskEvent,
     encode_update,
     is_task_id,
+    nested_deeper_than,
     parse_cloudevent_time,
     parse_event,
     task_key,
@@ -551,3 +554,38 @@ def test_valid_events_round_trip_into_the_frame(payload: dict[str, Any], shares:
         assert event.shared_with == tuple(dict.fromkeys(shares))
     else:
         assert event.shared_with is None
+
+
+# --- nesting ------------------------------------------------------------------------------
+
+
+def _nested(levels: int) -> object:
+    value: object = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def test_json_nested_past_orjsons_limit_is_dropped_with_a_reason() -> None:
+    """orjson refuses more than 1,024 levels: a reason, not a crash."""
+    raw = b'{"type":"TASK_ADDED","user_id":"u","task_id":1,"data":{"x":' + b"[" * 5000
+    raw += b"]" * 5000 + b"}}"
+    assert "1024" in _reason(raw)
+
+
+@pytest.mark.parametrize("field", ["data", "metadata"])
+def test_a_field_nested_deeper_than_the_frame_can_carry_is_dropped(field: str) -> None:
+    """300 levels parse, but the frame could not be written (orjson writes 254): DROP."""
+    raw = json.dumps(_event(**{field: {"x": _nested(300)}})).encode()
+    assert f"'{field}' is nested deeper than {MAX_NESTING} levels" in _reason(raw)
+
+
+def test_data_nested_up_to_the_bound_becomes_a_frame() -> None:
+    event = _parse_raw(orjson.dumps(_event(data={"x": _nested(MAX_NESTING - 1)})))
+    assert orjson.loads(encode_update(event))["data"] == {"x": _nested(MAX_NESTING - 1)}
+
+
+def test_nested_deeper_than_counts_levels_of_arrays_and_objects() -> None:
+    assert not nested_deeper_than({"a": [1, {"b": 2}]}, 3)
+    assert nested_deeper_than({"a": [1, {"b": []}]}, 3)
+    assert not nested_deeper_than("scalar", 0)

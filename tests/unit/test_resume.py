@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from realtime_sync.core.resume import Buffered, ResumeBuffers, Snapshot, contiguous
+from realtime_sync.core.resume import (
+    ENTRY_COST_BYTES,
+    USER_COST_BYTES,
+    Buffered,
+    EvictionReason,
+    ResumeBuffers,
+    Snapshot,
+    contiguous,
+)
 
 
 def _entry(n: int, task: str = "t", at: float = 0.0) -> Buffered:
@@ -154,3 +162,99 @@ def test_restore_skips_expired_entries() -> None:
     added = buffers.restore("u", [Buffered("old", "1", b"{}", 1.0)], now=100.0)
     assert added == 0
     assert buffers.entries("u", now=100.0) == []
+
+
+# --- total bounds: users and bytes ------------------------------------------------------
+
+
+class _Evictions:
+    def __init__(self) -> None:
+        self.seen: list[EvictionReason] = []
+
+    def __call__(self, reason: EvictionReason) -> None:
+        self.seen.append(reason)
+
+
+def test_past_max_users_the_least_recently_appended_user_is_evicted() -> None:
+    evictions = _Evictions()
+    buffers = ResumeBuffers(window_s=300, max_events=10, max_users=2, on_evict=evictions)
+    buffers.append("alice", _entry(1, at=1.0))
+    buffers.append("bob", _entry(2, at=2.0))
+    buffers.append("alice", _entry(3, at=3.0))  # alice is now the most recent
+    buffers.append("carol", _entry(4, at=4.0))
+    assert buffers.user_count == 2
+    assert buffers.since("bob", "e2", 5.0, _everything) is None
+    assert buffers.since("alice", "e1", 5.0, _everything) == [b"frame-3"]
+    assert evictions.seen == [EvictionReason.USERS]
+
+
+def test_a_frame_shared_by_many_users_is_counted_once() -> None:
+    buffers = ResumeBuffers(window_s=300, max_events=10)
+    shared = Buffered("e1", "t", b"x" * 10_000, 0.0)
+    for n in range(100):
+        buffers.append(f"user-{n}", shared)
+    assert buffers.byte_count == 10_000 + 100 * (USER_COST_BYTES + ENTRY_COST_BYTES)
+
+
+def test_past_max_bytes_the_least_recently_appended_users_are_evicted() -> None:
+    evictions = _Evictions()
+    buffers = ResumeBuffers(window_s=300, max_events=10, max_bytes=5_000, on_evict=evictions)
+    for n in range(10):
+        buffers.append(f"user-{n}", Buffered(f"e{n}", "t", b"x" * 1_000, float(n)))
+    assert buffers.byte_count <= 5_000
+    assert buffers.since("user-9", "e9", 10.0, _everything) == []
+    assert buffers.since("user-0", "e0", 10.0, _everything) is None
+    assert evictions.seen and set(evictions.seen) == {EvictionReason.BYTES}
+
+
+def test_one_user_over_max_bytes_loses_its_own_oldest_events() -> None:
+    buffers = ResumeBuffers(window_s=300, max_events=100, max_bytes=5_000)
+    for n in range(10):
+        buffers.append("alice", Buffered(f"e{n}", "t", b"x" * 1_000, float(n)))
+    assert buffers.byte_count <= 5_000
+    assert buffers.since("alice", "e0", 10.0, _everything) is None
+    assert buffers.since("alice", "e8", 10.0, _everything) == [b"x" * 1_000]
+
+
+def test_accounting_returns_to_zero_when_everything_expires() -> None:
+    buffers = ResumeBuffers(window_s=10, max_events=2, max_users=3)
+    shared = _entry(1, at=1.0)
+    for user in ("a", "b", "c", "d"):
+        buffers.append(user, shared)
+        buffers.append(user, _entry(2, at=2.0))
+        buffers.append(user, _entry(3, at=3.0))
+    buffers.purge(100.0)
+    assert (buffers.user_count, buffers.byte_count) == (0, 0)
+
+
+def test_an_evicted_user_does_not_get_a_snapshot_joined_over_the_gap() -> None:
+    """Events buffered between a snapshot and the eviction are gone: restoring the snapshot
+    would replay it and silently skip them, so the resume is not recovered."""
+    buffers = ResumeBuffers(window_s=300, max_events=10, max_users=1)
+    snapshot = [_entry(1, at=1.0)]  # saved by the previous run
+    buffers.append("alice", _entry(2, at=2.0))  # alice missed this one while away
+    buffers.append("bob", _entry(3, at=3.0))  # evicts alice at t=3
+    buffers.append("alice", _entry(4, at=4.0))  # evicts bob; alice holds only e4
+    assert buffers.since("alice", "e1", 5.0, _everything) is None
+    assert buffers.restore("alice", snapshot, now=5.0) == 0
+    assert buffers.since("alice", "e1", 5.0, _everything) is None
+    # What arrived after the eviction resumes as usual.
+    assert buffers.since("alice", "e4", 5.0, _everything) == []
+
+
+def test_a_user_never_evicted_still_restores_its_snapshot() -> None:
+    buffers = ResumeBuffers(window_s=300, max_events=10, max_users=2)
+    buffers.append("alice", _entry(2, at=2.0))
+    assert buffers.restore("alice", [_entry(1, at=1.0)], now=5.0) == 1
+    assert buffers.since("alice", "e1", 5.0, _everything) == [b"frame-2"]
+
+
+def test_eviction_memory_is_bounded_and_still_blocks_forgotten_users() -> None:
+    """Past max_users remembered evictions the oldest are forgotten, but no snapshot
+    older than a forgotten eviction is joined for anyone."""
+    buffers = ResumeBuffers(window_s=300, max_events=10, max_users=1)
+    for n in range(5):
+        buffers.append(f"user-{n}", _entry(n, at=float(n + 1)))
+    # user-0..3 were evicted; only the latest one or two evictions are remembered.
+    assert buffers.restore("user-0", [_entry(100, at=0.5)], now=10.0) == 0
+    assert buffers.restore("user-9", [_entry(101, at=0.5)], now=10.0) == 0
