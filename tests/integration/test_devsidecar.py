@@ -507,9 +507,7 @@ def test_api_token_is_enforced_and_app_token_sent() -> None:
         wrong = {"dapr-api-token": "wrong"}
         # The health endpoints need no token; /v1.0/healthz turns ready once the app is
         # subscribed (it may not be yet), so it is waited on rather than read once.
-        wait_until(
-            lambda: sidecar.request("GET", "/v1.0/healthz", headers=wrong).status == 204, 10
-        )
+        wait_until(lambda: sidecar.request("GET", "/v1.0/healthz", headers=wrong).status == 204, 10)
         assert sidecar.request("GET", "/v1.0/state/statestore/k", headers=wrong).status == 401
         assert sidecar.publish("secure", {"n": 1}, headers=wrong) == 401
         assert sidecar.publish("secure", {"n": 1}) == 204  # the harness sends the token
