@@ -88,6 +88,9 @@ class AppChannel:
         )
         self._reachable = True
         self._state_lock = threading.Lock()
+        self._bulk_calls = 0
+        self._bulk_entries = 0
+        self._largest_bulk = 0
 
     def _signed(self, **extra: str) -> list[tuple[str, str]]:
         """Metadata for a call daprd signs: ``extra`` plus ``dapr-api-token`` when set."""
@@ -237,6 +240,10 @@ class AppChannel:
             path=path,
         )
         metadata = self._signed(pubsubname=self._pubsub_name)
+        with self._state_lock:
+            self._bulk_calls += 1
+            self._bulk_entries += len(entries)
+            self._largest_bulk = max(self._largest_bulk, len(entries))
         try:
             try:
                 reply = self._stub.OnBulkTopicEvent(
@@ -276,6 +283,15 @@ class AppChannel:
                 "app %s left %d bulk entr(ies) unanswered: retrying them", self.label, len(index)
             )
         return outcomes
+
+    def bulk_stats(self) -> dict[str, int]:
+        """Bulk calls made so far, the entries they carried, the largest batch."""
+        with self._state_lock:
+            return {
+                "calls": self._bulk_calls,
+                "entries": self._bulk_entries,
+                "largest": self._largest_bulk,
+            }
 
     def invoke(
         self, method: str, *, data: bytes, content_type: str, verb: str, query: str
