@@ -23,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,11 +123,10 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DAPR_", "APP_"))}
         proc = Proc("sidecar", argv, self.tmp, env=env).start()
         try:
-            wait_for(
-                lambda: http_status(f"http://127.0.0.1:{self.http_port}/v1.0/healthz") == 204,
-                20,
-                "dev sidecar healthy",
-            )
+            # /v1.0/healthz waits for an app to subscribe (as daprd's does) and none will:
+            # the outbound check answers once the APIs are up.
+            outbound = f"http://127.0.0.1:{self.http_port}/v1.0/healthz/outbound"
+            wait_for(lambda: http_status(outbound) == 204, 20, "dev sidecar APIs up")
             self.sidecar = proc
             yield proc
         finally:
@@ -159,7 +160,9 @@ class Bench:
             base = f"http://127.0.0.1:{ws_port}"
             wait_for(lambda: http_status(f"{base}/healthz") == 200, 30, "service /healthz")
             list_subscriptions(app_port)  # what daprd does first; /readyz waits for it
-            wait_for(lambda: http_status(f"{base}/readyz") == 200, 30, "service /readyz")
+            # /readyz also wants the sidecar's /v1.0/healthz, which waits for an app that the
+            # bench's sidecar never delivers to: wait for the subscription alone.
+            wait_for(lambda: _subscribed(f"{base}/readyz"), 30, "service subscribed")
             yield proc, ws_port, app_port
         finally:
             proc.stop(timeout=30)
@@ -628,6 +631,18 @@ def list_subscriptions(app_port: int) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{app_port}") as channel:
         stub = appcallback_pb2_grpc.AppCallbackStub(channel)
         stub.ListTopicSubscriptions(Empty(), timeout=10)
+
+
+def _subscribed(readyz: str) -> bool:
+    """The service's /readyz says it is subscribed (whatever it says of the sidecar)."""
+    try:
+        with urllib.request.urlopen(readyz, timeout=1.0) as reply:
+            body = reply.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+    except OSError:
+        return False
+    return bool(json.loads(body or b"{}").get("subscribed"))
 
 
 def port_open(port: int) -> bool:
