@@ -11,18 +11,17 @@ import contextlib
 import signal
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import orjson
 import pytest
 from dapr.proto.runtime.v1 import appcallback_pb2
-from google.protobuf.empty_pb2 import Empty
 from websockets.exceptions import ConnectionClosed
 
 from tests.integration.conftest import ServiceProcess, http_get, running_stack
 from tests.integration.harness import wait_until
-from tests.integration.test_lifecycle import FAST_RETRY, grpc_stub, replies
+from tests.integration.test_lifecycle import FAST_RETRY, Empty, grpc_stub, replies
 
 STATUS = appcallback_pb2.TopicEventResponse.TopicEventResponseStatus
 
@@ -262,4 +261,4 @@ def test_an_unknown_topic_in_a_bulk_call_goes_to_the_sdk(bulk_stack: ServiceProc
     channel, stub = grpc_stub(bulk_stack)
     with channel, pytest.raises(grpc.RpcError) as info:
         stub.OnBulkTopicEvent(request, timeout=5)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert cast(Any, info.value).code() == grpc.StatusCode.UNIMPLEMENTED
