@@ -6,6 +6,11 @@ dev sidecar's envelope code, JSON data re-serialised with sorted keys) on the
 `--concurrency` concurrent callers on one HTTP/2 channel. `--rate 0` keeps every caller
 busy (closed loop: ingest, fan-out); `--rate R` paces R events/s (probe latency).
 
+`--batch N` (N > 1) sends `OnBulkTopicEvent` calls of N entries instead, as daprd does for
+a bulk subscription: closed loop, each caller sends full batches back to back; paced, ONE
+caller sends whatever is due every `--await-ms` (at most N), one call at a time, as daprd's
+default bulk subscriber flushes on count or its await window. Outcomes count per entry.
+
 Prints one JSON object: outcomes within the measured window, rate, CPU used.
 """
 
@@ -78,6 +83,77 @@ class Callers:
         req.id = f"{self.args.run_id}-ce-{self.source.seq}"
         req.data = self.source.next_data()
         return req
+
+    def bulk_request(self, size: int) -> appcallback_pb2.TopicEventBulkRequest:
+        """A daprd bulk envelope of `size` entries (each one `request()`'s CloudEvent)."""
+        entries = []
+        for _ in range(size):
+            single = self.request()
+            entries.append(
+                appcallback_pb2.TopicEventBulkRequestEntry(
+                    entry_id=f"e-{self.source.seq}",
+                    cloud_event=appcallback_pb2.TopicEventCERequest(
+                        id=single.id,
+                        source=single.source,
+                        type=single.type,
+                        spec_version=single.spec_version,
+                        data_content_type=single.data_content_type,
+                        data=single.data,
+                        extensions=single.extensions,
+                    ),
+                    content_type=single.data_content_type,
+                )
+            )
+        return appcallback_pb2.TopicEventBulkRequest(
+            id=f"{self.args.run_id}-bulk-{self.source.seq}",
+            entries=entries,
+            metadata={"pubsubname": PUBSUB},
+            topic=TOPIC,
+            pubsub_name=PUBSUB,
+            type="com.dapr.event.sent.bulk",
+            path=self.path,
+        )
+
+    def _count(self, outcomes: list[str]) -> None:
+        done = time.monotonic()
+        in_window = self.window[0] <= done < self.window[1]
+        for outcome in outcomes:
+            self.counts[outcome] += 1
+            if in_window:
+                self.window_counts[outcome] += 1
+
+    async def _send_bulk(self, stub: Any, size: int) -> None:
+        req = self.bulk_request(size)
+        try:
+            reply = await stub.OnBulkTopicEvent(req, metadata=METADATA, timeout=30)
+            outcomes = [OUTCOMES.get(s.status, "error") for s in reply.statuses]
+            outcomes += ["error"] * (size - len(outcomes))
+        except grpc.aio.AioRpcError:
+            outcomes = ["error"] * size
+        self._count(outcomes)
+
+    async def _bulk_closed(self, stub: Any, start: float) -> None:
+        await asyncio.sleep(max(0.0, start - time.monotonic()))
+        while time.monotonic() < self.window[1]:
+            await self._send_bulk(stub, self.args.batch)
+
+    async def _bulk_paced(self, stub: Any, start: float) -> None:
+        """Every await window, the events due so far (at most a batch) in one call."""
+        a = self.args
+        tick = a.await_ms / 1000
+        sent = 0
+        while True:
+            now = time.monotonic()
+            if now >= self.window[1]:
+                return
+            due = int((now - start) * a.rate) - sent
+            if due > 0:
+                size = min(due, a.batch)
+                self.max_lag_s = max(self.max_lag_s, (due - size) / a.rate)
+                sent += size
+                await self._send_bulk(stub, size)
+            else:
+                await asyncio.sleep(tick)
 
     def _slot(self, start: float, index: int, k: int) -> float | None:
         """Seconds caller `index` waits before its k-th call (paced at the target rate,
@@ -176,7 +252,14 @@ class Callers:
                     if self.window[0] <= done < self.window[1]:
                         self.window_counts[outcome] += 1
 
-            await asyncio.gather(mark_window(), *(caller(i) for i in range(a.concurrency)))
+            if a.batch > 1 and a.rate > 0:
+                await asyncio.gather(mark_window(), self._bulk_paced(stub, start))
+            elif a.batch > 1:
+                await asyncio.gather(
+                    mark_window(), *(self._bulk_closed(stub, start) for _ in range(a.concurrency))
+                )
+            else:
+                await asyncio.gather(mark_window(), *(caller(i) for i in range(a.concurrency)))
         return self._result((cpu[1] - cpu[0]) / a.duration if len(cpu) == 2 else 0.0)
 
     def _result(self, busy: float) -> dict[str, Any]:
@@ -184,6 +267,7 @@ class Callers:
         return {
             "impl": a.impl,
             "concurrency": a.concurrency,
+            "batch": a.batch,
             "rate_target": a.rate,
             "window_s": a.duration,
             "window": self.window_counts,
@@ -208,9 +292,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--run-id", default="bench")
     p.add_argument("--impl", choices=("threads", "aio"), default="aio")
+    p.add_argument("--batch", type=int, default=1, help="entries per OnBulkTopicEvent call")
+    p.add_argument("--await-ms", type=float, default=5.0, help="paced bulk: flush interval")
     args = p.parse_args(argv)
     if not 1 <= args.concurrency <= 64 or not 0 < args.duration <= 300:
         p.error("concurrency 1..64 and duration 0..300 s")
+    if not 1 <= args.batch <= 10_000 or not 0 < args.await_ms <= 10_000:
+        p.error("batch 1..10000 and await-ms 0..10000")
+    if args.batch > 1 and args.impl == "threads":
+        p.error("--batch needs --impl aio")
     callers = Callers(args)
     result = callers.run_threads() if args.impl == "threads" else asyncio.run(callers.run())
     sys.stdout.write(orjson.dumps(result).decode() + "\n")

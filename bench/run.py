@@ -23,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,11 @@ from bench.common import (
 )
 
 SUBSCRIBE_ALL = '{"type":"subscribe","all":true}'
+# The bulk phase's modes: bulk delivery answered after the writes, and single events
+# answered after the writes (the other phases run single events with ACK_AHEAD's default).
+BULK_BATCH = 100
+BULK_ENV = {"BULK_SUBSCRIBE": "true", "ACK_AHEAD": "0"}
+SINGLE_AFTER_ENV = {"BULK_SUBSCRIBE": "false", "ACK_AHEAD": "0"}
 TARGETS = {
     "fanout_vs_ceiling": 0.9,
     "fanout_vs_peer": 2.0,
@@ -116,11 +123,10 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DAPR_", "APP_"))}
         proc = Proc("sidecar", argv, self.tmp, env=env).start()
         try:
-            wait_for(
-                lambda: http_status(f"http://127.0.0.1:{self.http_port}/v1.0/healthz") == 204,
-                20,
-                "dev sidecar healthy",
-            )
+            # /v1.0/healthz waits for an app to subscribe (as daprd's does) and none will:
+            # the outbound check answers once the APIs are up.
+            outbound = f"http://127.0.0.1:{self.http_port}/v1.0/healthz/outbound"
+            wait_for(lambda: http_status(outbound) == 204, 20, "dev sidecar APIs up")
             self.sidecar = proc
             yield proc
         finally:
@@ -133,7 +139,9 @@ class Bench:
             http_post_json(url, items[i : i + 500])
 
     @contextlib.contextmanager
-    def service(self, name: str) -> Iterator[tuple[Proc, int, int]]:
+    def service(
+        self, name: str, extra_env: dict[str, str] | None = None
+    ) -> Iterator[tuple[Proc, int, int]]:
         ws_port, app_port = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DAPR_", "JWT_", "APP_"))}
         env.update(
@@ -145,13 +153,16 @@ class Bench:
             DAPR_GRPC_PORT=str(self.grpc_port),
             LOG_FORMAT="json",
         )
+        env.update(extra_env or {})
         argv = [*self.cores.prefix(self.cores.server), *python("realtime_sync", "serve")]
         proc = Proc(f"service-{name}", argv, self.tmp, env=env).start()
         try:
             base = f"http://127.0.0.1:{ws_port}"
             wait_for(lambda: http_status(f"{base}/healthz") == 200, 30, "service /healthz")
             list_subscriptions(app_port)  # what daprd does first; /readyz waits for it
-            wait_for(lambda: http_status(f"{base}/readyz") == 200, 30, "service /readyz")
+            # /readyz also wants the sidecar's /v1.0/healthz, which waits for an app that the
+            # bench's sidecar never delivers to: wait for the subscription alone.
+            wait_for(lambda: _subscribed(f"{base}/readyz"), 30, "service subscribed")
             yield proc, ws_port, app_port
         finally:
             proc.stop(timeout=30)
@@ -402,9 +413,11 @@ class Bench:
         return out
 
     @contextlib.contextmanager
-    def connected(self, name: str, users: list[str], timeout: float) -> Iterator[Connected]:
+    def connected(
+        self, name: str, users: list[str], timeout: float, env: dict[str, str] | None = None
+    ) -> Iterator[Connected]:
         """The service with one client per entry of `users`, each subscribed to all."""
-        with self.service(name) as (svc, ws_port, app_port):
+        with self.service(name, env) as (svc, ws_port, app_port):
             load = self.load(ws_port, users, name, subscribe=SUBSCRIBE_ALL)
             try:
                 load.wait_open(len(users), 2 * len(users), timeout=timeout)
@@ -412,7 +425,9 @@ class Bench:
             finally:
                 load.stop()
 
-    def _probe(self, run: Connected, *, probes: int, shape: str, rate: float) -> dict[str, Any]:
+    def _probe(
+        self, run: Connected, *, probes: int, shape: str, rate: float, extra: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         cfg = self.cfg
         svc, load, ws_port, app_port, n = run
         tokens = write_tokens(
@@ -453,6 +468,7 @@ class Bench:
                 "10",
                 "--run-id",
                 "probe",
+                *extra,
                 duration=cfg.probe_seconds,
             )
             try:
@@ -479,6 +495,110 @@ class Bench:
             "client_core_busy": busy_share(c0, c1, self.cores.client),
             "closed_4008": s1.closed_4008,
         }
+
+    # -- bulk delivery (issue #12) -------------------------------------------------------
+
+    def bulk(self, ceilings: dict[Any, Any]) -> dict[str, Any]:
+        """Bulk mode side by side with its references, in one run: ingest (batches of
+        BULK_BATCH from 16 callers) against a no-op App fed single events and fed the same
+        batches; fan-out with every answer after the writes (ACK_AHEAD=0) in bulk and in
+        single-event mode against websockets.broadcast(); probe latency with bulk on."""
+        cfg = self.cfg
+        batch = ("--batch", str(BULK_BATCH))
+        out: dict[str, Any] = {"batch": BULK_BATCH, "ingest": {}, "fanout": {}}
+        n = cfg.probe_connections
+        self.seed(shapes.personal_tasks(n) + shapes.probe_tasks(4))
+        users = [shapes.user(i // shapes.CONNS_PER_USER) for i in range(n)]
+        personal = ("--shape", "personal", "--connections", str(n))
+        with self.connected("bulk-ingest", users, timeout=60, env=BULK_ENV) as run:
+            callers = self.callers(
+                run.app_port, *personal, "--run-id", "bulk-in", *batch, duration=cfg.window
+            )
+            try:
+                ingest = self._callers_window(callers, run.svc, run.load, "ingest-bulk")
+            finally:
+                callers.stop()
+            out["ingest"]["service_bulk"] = ingest
+        for name, extra in (("noop_single", ()), ("noop_bulk", batch)):
+            port = free_port()
+            noop = self.server_proc(name, python("bench.noop_app", "--port", str(port)), port)
+            try:
+                callers = self.callers(
+                    port, *personal, "--run-id", name, *extra, duration=cfg.window
+                )
+                try:
+                    out["ingest"][name] = self._callers_window(callers, noop, None, name)
+                finally:
+                    callers.stop()
+            finally:
+                noop.stop()
+        got = {k: round(v["accepted_per_s"]) for k, v in out["ingest"].items()}
+        print(f"  bulk ingest events/s: {got}", flush=True)
+        for size in cfg.sizes:
+            fan_users = [shapes.user(i // shapes.CONNS_PER_USER) for i in range(size)]
+            self.seed(shapes.team_tasks(size))
+            point: dict[str, Any] = {}
+            for mode, env, extra in (
+                ("bulk", BULK_ENV, batch),
+                ("single_after", SINGLE_AFTER_ENV, ()),
+            ):
+                point[mode] = self._fanout_point(size, fan_users, f"fan-{mode}-{size}", env, extra)
+            ceiling = ceilings.get(size) or ceilings.get(str(size))
+            if ceiling is None:
+                ceiling = self._ref_server(
+                    "ceiling", python("bench.ceiling", "--port"), size, fan_users, rss=None
+                )
+            point["ceiling"] = ceiling
+            out["fanout"][size] = point
+            print(
+                f"  bulk fan-out {size:>6} conns: bulk {point['bulk']['frames_per_s']}, "
+                f"single ACK_AHEAD=0 {point['single_after']['frames_per_s']}, "
+                f"broadcast {ceiling['frames_per_s']} frames/s",
+                flush=True,
+            )
+        with self.connected("bulk-probe", users, timeout=60, env=BULK_ENV) as run:
+            out["probe"] = self._probe(
+                run, probes=4, shape="personal", rate=cfg.probe_rate, extra=batch
+            )
+        print(f"  bulk probe: {out['probe']['latency']}", flush=True)
+        size = cfg.loaded_size
+        self.seed(shapes.team_tasks(size) + shapes.probe_tasks(4))
+        loaded_users = [shapes.user(i // shapes.CONNS_PER_USER) for i in range(size)]
+        with self.connected("bulk-loaded", loaded_users, timeout=120, env=BULK_ENV) as run:
+            out["loaded"] = self._probe(
+                run, probes=4, shape="team", rate=cfg.loaded_rate, extra=batch
+            )
+        print(f"  bulk loaded probe: {out['loaded']['latency']}", flush=True)
+        return out
+
+    def _fanout_point(
+        self, n: int, users: list[str], name: str, env: dict[str, str], extra: tuple[str, ...]
+    ) -> dict[str, Any]:
+        """Frames/s the service writes to `n` team-board connections, callers closed loop."""
+        with self.service(name, env) as (svc, ws_port, app_port):
+            load = self.load(ws_port, users, name, subscribe=SUBSCRIBE_ALL)
+            try:
+                load.wait_open(n, 2 * n, timeout=120)
+                callers = self.callers(
+                    app_port,
+                    "--shape",
+                    "team",
+                    "--connections",
+                    str(n),
+                    "--run-id",
+                    name,
+                    *extra,
+                    duration=self.cfg.window + 2,
+                )
+                try:
+                    time.sleep(self.cfg.warmup + 1.0)
+                    m = self.measure(load, svc, self.cfg.window, profile=name)
+                    m["callers"] = read_json(callers, self.cfg.window + 30)
+                finally:
+                    callers.stop()
+            finally:
+                load.stop()
+        return m
 
     def storm(self) -> dict[str, Any]:
         n = self.cfg.storm_clients
@@ -511,6 +631,18 @@ def list_subscriptions(app_port: int) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{app_port}") as channel:
         stub = appcallback_pb2_grpc.AppCallbackStub(channel)
         stub.ListTopicSubscriptions(Empty(), timeout=10)
+
+
+def _subscribed(readyz: str) -> bool:
+    """The service's /readyz says it is subscribed (whatever it says of the sidecar)."""
+    try:
+        with urllib.request.urlopen(readyz, timeout=1.0) as reply:
+            body = reply.read()
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+    except OSError:
+        return False
+    return bool(json.loads(body or b"{}").get("subscribed"))
 
 
 def port_open(port: int) -> bool:
@@ -643,7 +775,101 @@ def summarise(res: dict[str, Any]) -> list[dict[str, Any]]:
                 None,
             )
         )
+    rows.extend(_bulk_rows(res.get("bulk")))
     return rows
+
+
+def _bulk_rows(bulk: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not bulk:
+        return []
+    rows: list[dict[str, Any]] = []
+    ingest = bulk["ingest"]
+    ours = ingest["service_bulk"]["accepted_per_s"]
+    busy = ingest["service_bulk"]["client_core_busy"]
+    for ref, label, target in (
+        ("noop_single", "no-op App fed one event per call", 5.0),
+        ("noop_bulk", f"no-op App fed the same batches of {bulk['batch']}", 0.8),
+    ):
+        theirs = ingest[ref]["accepted_per_s"]
+        r = ratio(ours, theirs)
+        rows.append(
+            row(
+                f"bulk ingest events/s vs {label}",
+                round(ours),
+                round(theirs),
+                r,
+                f">= {target:g}x",
+                (r or 0) >= target,
+                busy,
+            )
+        )
+    for n, point in bulk["fanout"].items():
+        ours, ceiling = point["bulk"]["frames_per_s"], point["ceiling"]["frames_per_s"]
+        r = ratio(ours, ceiling)
+        rows.append(
+            row(
+                f"bulk fan-out frames/s @{n}, ACK_AHEAD=0, vs websockets.broadcast",
+                ours,
+                ceiling,
+                r,
+                ">= 1.5x",
+                (r or 0) >= 1.5,
+                point["bulk"]["client_core_busy"],
+            )
+        )
+    for key, goal in (("probe", "p99 <= 25"), ("loaded", "(report)")):
+        probe = bulk.get(key)
+        if not probe:
+            continue
+        lat = probe["latency"]
+        rows.append(
+            row(
+                f"bulk probe latency ms @{probe['connections']} conns, "
+                f"{probe['rate_target']:.0f} ev/s (p50/p99/max)",
+                f"{lat.get('p50_ms')}/{lat.get('p99_ms')}/{lat.get('max_ms')}",
+                None,
+                None,
+                goal,
+                (lat.get("p99_ms") or 1e9) <= 25.0 if key == "probe" else None,
+                probe["client_core_busy"],
+            )
+        )
+    return rows
+
+
+def matrix(res: dict[str, Any]) -> str:
+    """Single events answered ahead (ACK_AHEAD default), single events answered after the
+    writes (ACK_AHEAD=0), bulk (answered after the writes), side by side."""
+    bulk = res.get("bulk")
+    if not bulk:
+        return ""
+    fan = res.get("fanout", {})
+    pers = res.get("personal", {})
+    head = "| measurement | single, ack ahead | single, ACK_AHEAD=0 | bulk | broadcast() |"
+    lines = [head, "|---|---:|---:|---:|---:|"]
+    for n, point in bulk["fanout"].items():
+        ahead = fan.get("service", {}).get(n, {}).get("frames_per_s", "-")
+        lines.append(
+            f"| fan-out frames/s @{n} | {ahead} | {point['single_after']['frames_per_s']} | "
+            f"{point['bulk']['frames_per_s']} | {point['ceiling']['frames_per_s']} |"
+        )
+    ingest = pers.get("ingest_service", {}).get("accepted_per_s")
+    lines.append(
+        f"| ingest events/s (no-op App: {round(bulk['ingest']['noop_single']['accepted_per_s'])}"
+        f" single, {round(bulk['ingest']['noop_bulk']['accepted_per_s'])} batched) | "
+        f"{round(ingest) if ingest else '-'} | - | "
+        f"{round(bulk['ingest']['service_bulk']['accepted_per_s'])} | - |"
+    )
+    for key, single in (("probe", pers.get("probe")), ("loaded", res.get("loaded"))):
+        probe = bulk.get(key)
+        if not probe:
+            continue
+        p99 = (single or {}).get("latency", {}).get("p99_ms", "-")
+        lines.append(
+            f"| probe p99 ms @{probe['connections']} conns, {probe['rate_target']:.0f} ev/s | "
+            f"{p99} | - | {probe['latency'].get('p99_ms')} | - |"
+        )
+    return "\n".join(lines)
 
 
 def row(  # noqa: PLR0917 - one positional argument per table column
@@ -710,7 +936,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes and short windows")
     p.add_argument("--sizes", default="", help="fan-out sizes, e.g. 1000,5000,10000")
-    p.add_argument("--only", default="fanout,personal,loaded,storm", help="phases to run")
+    p.add_argument("--only", default="fanout,personal,loaded,storm,bulk", help="phases to run")
     p.add_argument("--window", type=float, default=0.0, help="seconds measured per point")
     p.add_argument("--no-peer", action="store_true", help="skip the Node peer")
     p.add_argument("--loaded-size", type=int, default=0, help="connections of the loaded probe")
@@ -772,6 +998,10 @@ def main(argv: list[str] | None = None) -> int:
                 if "storm" in phases:
                     print("connect storm:", flush=True)
                     results["storm"] = bench.storm()
+                if "bulk" in phases:
+                    print("bulk delivery:", flush=True)
+                    ceilings = results.get("fanout", {}).get("ceiling", {})
+                    results["bulk"] = bench.bulk(ceilings)
         except Exception:
             logs = sorted(Path(tmpdir).glob("*.log"))
             for log in logs[-4:]:
@@ -782,8 +1012,12 @@ def main(argv: list[str] | None = None) -> int:
     results["summary"] = rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
+    results["matrix"] = matrix(results)
     print()
     print(table(rows))
+    if results["matrix"]:
+        print()
+        print(results["matrix"])
     print(f"\nJSON: {args.out} ({results['duration_s']} s)")
     return 0
 

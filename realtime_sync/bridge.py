@@ -7,7 +7,7 @@ import enum
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from realtime_sync.core.events import TaskEvent
@@ -168,24 +168,57 @@ class Bridge:
         in_flight = self._slots.take(wait_s)
         if not in_flight:
             return None
-        shared = (
-            None
-            if event.shared_with is not None
-            else self._shares.cached(event.share_key, event.user_id)
-        )
+        shared = self._known_shares(event)
         handoff = Handoff(event, published_at, shared)
         handoff.acked = shared is not None and in_flight <= self._ack_ahead
         self._inbox.append(handoff)
+        if not self._wake():
+            return None if handoff.abandon() else handoff
+        return handoff
+
+    def offer_batch(
+        self, items: Sequence[tuple[TaskEvent, float | None]], wait_s: float
+    ) -> list[Handoff | None]:
+        """Thread side: hand a whole batch (a bulk delivery) to the loop in one crossing,
+        in order; one slot per event, all taken within wait_s. Past the first event that
+        found no slot the rest get None too (answer RETRY), so a task's later events never
+        overtake one sent back to daprd. Never acknowledged ahead: the caller waits for
+        every verdict, which the loop gives after the batch's writes.
+        """
+        deadline = time.monotonic() + wait_s
+        handoffs: list[Handoff | None] = []
+        for event, published_at in items:
+            if not self._slots.take(max(0.0, deadline - time.monotonic())):
+                break
+            handoffs.append(Handoff(event, published_at, self._known_shares(event)))
+        taken = [h for h in handoffs if h is not None]
+        handoffs.extend([None] * (len(items) - len(handoffs)))
+        if taken:
+            self._inbox.extend(taken)
+            if not self._wake():
+                return [None if h is None or h.abandon() else h for h in handoffs]
+        return handoffs
+
+    def _known_shares(self, event: TaskEvent) -> tuple[str, ...] | None:
+        """The share list the event routes with, if it is cached and the event does not
+        change it: then routing needs no state call."""
+        if event.shared_with is not None:
+            return None
+        return self._shares.cached(event.share_key, event.user_id)
+
+    def _wake(self) -> bool:
+        """Thread side, after appending: wake the loop unless a drain is already pending.
+        False when the loop is closed (shutting down)."""
         if not self._wake_pending:
             # The loop clears the flag after a round and then looks at the inbox again, so
             # an append it may miss always finds the flag cleared and wakes it.
             self._wake_pending = True
             try:
                 self._loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:  # the loop is closed: shutting down
+            except RuntimeError:
                 self._wake_pending = False
-                return None if handoff.abandon() else handoff
-        return handoff
+                return False
+        return True
 
     def _drain(self) -> None:
         """On the loop: route the inbox in rounds, taking what arrives meanwhile (the

@@ -162,6 +162,9 @@ class Settings:
         10.0, "longest an event may take to route before RETRY", 0.1, 300
     )
     app_workers: int = setting(16, "gRPC handler threads", 1, 1024)
+    bulk_subscribe: bool = setting(True, "ask daprd for bulk delivery (OnBulkTopicEvent)")
+    bulk_max_messages: int = setting(100, "most events daprd puts in one bulk call", 1, 10_000)
+    bulk_max_await_ms: int = setting(5, "longest daprd holds a partial batch (ms)", 1, 60_000)
     drain_s: float = setting(5.0, "window over which clients are closed", 0, 20)
     replica_id: str = setting("", "replica name (default: POD_NAME or host)")
     board: bool = setting(False, "serve the live task board at /")

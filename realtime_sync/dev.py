@@ -27,6 +27,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOP_GRACE_S = 25.0  # the service's drain budget plus its gRPC grace fits in it
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 DEV_USER = "alice"
+DEV_CONCURRENCY = 100  # the Redis component's `concurrency` in components/pubsub.yaml
 DEFAULT_PORTS = {
     "DAPR_HTTP_PORT": "3500",
     "DAPR_GRPC_PORT": "50001",
@@ -172,7 +173,10 @@ def run_dev(*, demo: bool, demo_rate: float, host: str | None = None) -> int:
             env = procs.env
             # As `dapr run -f dapr.yaml`: the shipped resources (resiliency) and app health
             # checks. /v1.0/healthz waits for the app (as daprd's does); the APIs answer first.
-            sidecar_args = ["--enable-app-health-check"]
+            # Bulk delivery is on by default (BULK_SUBSCRIBE); the sidecar's delivery workers
+            # cap a batch as the Redis component's `concurrency` does under daprd, so they
+            # match components/pubsub.yaml (100 = BULK_MAX_MESSAGES).
+            sidecar_args = ["--enable-app-health-check", "--concurrency", str(DEV_CONCURRENCY)]
             if Path("components").is_dir():
                 sidecar_args += ["--resources-path", "components"]
             sidecar = procs.start("realtime_sync.devsidecar", *sidecar_args)

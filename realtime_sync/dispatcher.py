@@ -27,13 +27,15 @@ class Batch:
     __slots__ = ("encoded", "ended")
 
     def __init__(self) -> None:
-        self.encoded: dict[ClientConnection, bytes] = {}
+        # Each connection's frames in order, joined once at the flush: appending bytes to
+        # bytes would copy the buffer per frame, quadratic in a bulk call's frames.
+        self.encoded: dict[ClientConnection, list[bytes]] = {}
         self.ended: list[Handoff] = []
 
     def flush(self, slots: Slots) -> None:
         try:
-            for conn, encoded in self.encoded.items():
-                conn.send_encoded(encoded)
+            for conn, frames in self.encoded.items():
+                conn.send_encoded(frames[0] if len(frames) == 1 else b"".join(frames))
         finally:  # a handler thread waiting on a taken hand-off must always be answered
             for handoff in self.ended:
                 handoff.answer()
@@ -151,8 +153,11 @@ class Dispatcher:
         sent = 0
         for conn in targets:
             if conn.close_code is None:
-                # b"" + encoded is encoded itself: no copy for a connection's first frame.
-                frames[conn] = frames.get(conn, b"") + encoded
+                queued = frames.get(conn)
+                if queued is None:
+                    frames[conn] = [encoded]
+                else:
+                    queued.append(encoded)
                 sent += 1
         return sent
 

@@ -14,8 +14,9 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -24,6 +25,7 @@ import orjson
 from dapr.ext.grpc import App, InvokeMethodRequest, SubscriptionMessage, TopicEventResponse
 
 from realtime_sync.bridge import Bridge
+from realtime_sync.bulk import BulkIngest, BulkSubscription
 from realtime_sync.config import Settings
 from realtime_sync.core.events import (
     SHARES_CHANGED,
@@ -79,6 +81,23 @@ def publish_time(
     if refined is not None and refined != received and 0.0 <= refined.timestamp() - base < 1.0:
         return refined.timestamp()
     return base
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What the checks before routing decided for one event: a verdict to answer at once,
+    or (verdict None) the event to route and when it was published."""
+
+    label: str  # the event type, for the metrics
+    verdict: Verdict | None
+    event: TaskEvent | None = None
+    published_at: float | None = None
+
+
+def _extension(extensions: Mapping[str, Any], key: str) -> Any:
+    """One CloudEvent extension, None when absent: the extensions are a dict (single
+    delivery) or a protobuf Struct (bulk entry), which is a Mapping without `.get`."""
+    return extensions[key] if key in extensions else None  # noqa: SIM401 - no .get
 
 
 class InvalidRequest(ValueError):
@@ -271,7 +290,8 @@ class Subscriber:
                     on_subscriptions_listed,
                     health_pool=self._health_pool,
                     in_flight=self.in_flight,
-                )
+                ),
+                *self._bulk_interceptors(),
             ],
             options=[
                 ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
@@ -290,6 +310,15 @@ class Subscriber:
         self.app.method("disconnect_user")(self.disconnect_user)
         self.app.register_health_check(self._health)
         self.port = 0
+
+    def _bulk_interceptors(self) -> list[grpc.ServerInterceptor]:
+        """With BULK_SUBSCRIBE: ask daprd for bulk delivery and serve it (realtime_sync.bulk)."""
+        if not self._s.bulk_subscribe:
+            return []
+        ingest = BulkIngest(
+            settings=self._s, bridge=self._bridge, metrics=self._metrics, admit=self.admit
+        )
+        return [BulkSubscription(settings=self._s, ingest=ingest)]
 
     def start(self) -> int:
         """Bind and start serving (non-blocking); returns the bound port."""
@@ -330,14 +359,16 @@ class Subscriber:
         self._metrics.events.labels(event_type, verdict.value).inc()
         return TopicEventResponse(verdict.value)
 
-    def _handle(self, message: SubscriptionMessage) -> tuple[Verdict, str]:
-        extensions: dict[str, Any] = message.extensions() or {}
+    def admit(self, cloudevent_id: str, data: bytes, extensions: Mapping[str, Any]) -> Admission:
+        """The checks before routing, for one event of either delivery path: parse it (a
+        malformed one is DROP, logged with its reason), RETRY while draining, the stale-event
+        guard (SUCCESS without a push). Otherwise the event to route."""
         received = datetime.now(UTC)
-        traceparent = extensions.get("traceparent")
+        traceparent = _extension(extensions, "traceparent")
         try:
             event = parse_event(
-                message.raw_data() or b"",
-                cloudevent_id=str(message.id() or ""),
+                data,
+                cloudevent_id=cloudevent_id,
                 received_at=received,
                 traceparent=traceparent if isinstance(traceparent, str) else None,
                 max_bytes=self._s.max_event_bytes,
@@ -347,13 +378,13 @@ class Subscriber:
             if exc.limit is not None:
                 self._metrics.events_over_limit.labels(exc.limit).inc()
             log.warning(
-                "event dropped", extra={"cloudevent_id": message.id(), "reason": exc.reason}
+                "event dropped", extra={"cloudevent_id": cloudevent_id, "reason": exc.reason}
             )
-            return Verdict.DROP, "invalid"
+            return Admission("invalid", Verdict.DROP)
         label = event.event_type if event.action != "task_unknown_event" else "other"
         if self.draining:
-            return Verdict.RETRY, label
-        published = parse_cloudevent_time(extensions.get("time"))
+            return Admission(label, Verdict.RETRY)
+        published = parse_cloudevent_time(_extension(extensions, "time"))
         if published is not None:
             age = (received - published).total_seconds()
             if age > self._s.resume_window_s:
@@ -362,8 +393,16 @@ class Subscriber:
                     "stale event acknowledged without push",
                     extra={"event_id": event.event_id, "age_s": round(age, 1)},
                 )
-                return Verdict.SUCCESS, label
-        published_at = publish_time(published, event.timestamp, received)
+                return Admission(label, Verdict.SUCCESS)
+        return Admission(label, None, event, publish_time(published, event.timestamp, received))
+
+    def _handle(self, message: SubscriptionMessage) -> tuple[Verdict, str]:
+        admission = self.admit(
+            str(message.id() or ""), message.raw_data() or b"", message.extensions() or {}
+        )
+        if admission.event is None:
+            return admission.verdict or Verdict.RETRY, admission.label
+        event, label, published_at = admission.event, admission.label, admission.published_at
         handoff = self._bridge.offer(event, published_at, self._s.handoff_wait_s)
         if handoff is None:
             log.warning("hand-off queue full; answering RETRY", extra={"event_id": event.event_id})

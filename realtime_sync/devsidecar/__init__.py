@@ -14,7 +14,10 @@ and stop while the app is unhealthy), calls ``AppCallback/ListTopicSubscriptions
 app instance (unsigned), then ``OnTopicEvent`` per message with daprd's CloudEvent envelope
 and metadata (signed), honouring SUCCESS / RETRY / DROP (a RETRY is retried only as the
 loaded resiliency policy says, see :mod:`.resources`; then the dead-letter topic) and acking
-on UNIMPLEMENTED (a lost message, as with daprd). ``/v1.0/healthz`` is ready once the app is
+on UNIMPLEMENTED (a lost message, as with daprd). A subscription that asks for bulk
+(``bulk_subscribe``) gets ``OnBulkTopicEvent`` calls instead, batched as daprd's default
+bulk subscriber does and each entry's status handled as above (:mod:`.bulk`).
+``/v1.0/healthz`` is ready once the app is
 subscribed. With ``--dapr-block-shutdown-duration`` a SIGTERM stops delivery and keeps the
 APIs up until the app reports unhealthy. See :mod:`.broker` for the reply table and
 :mod:`.envelope` for how published bytes become the subscriber's ``data``.

@@ -10,6 +10,8 @@
   daprd sends (``pubsubname``, ``traceparent``, ``dapr-api-token`` when ``APP_API_TOKEN`` is
   set) and the reply mapped to an :class:`~.broker.Outcome`; a deadline only when the
   inbound resiliency policy has a timeout.
+* :meth:`AppChannel.deliver_bulk`: one ``OnBulkTopicEvent`` per batch for a subscription
+  that asked for bulk (see :mod:`.bulk`), per-entry statuses mapped like single replies.
 * :meth:`AppChannel.invoke`: ``OnInvoke`` for service invocation (signed).
 
 daprd signs only the calls that carry work (``AddAppTokenToContext`` in dapr/dapr
@@ -23,7 +25,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Mapping
+import uuid
+from collections.abc import Mapping, Sequence
 
 import grpc
 from dapr.proto.common.v1 import common_pb2
@@ -45,6 +48,13 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 ]
 _STATUS = appcallback_pb2.TopicEventResponse.TopicEventResponseStatus
+_OUTCOMES = {
+    _STATUS.SUCCESS: Outcome.SUCCESS,
+    _STATUS.RETRY: Outcome.RETRY,
+    _STATUS.DROP: Outcome.DROP,
+}
+# components-contrib pubsub/envelope.go DefaultBulkEventType
+BULK_EVENT_TYPE = "com.dapr.event.sent.bulk"
 _VERBS = {
     name: common_pb2.HTTPExtension.Verb.Value(name)
     for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")
@@ -70,6 +80,7 @@ class AppChannel:
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
         self._stub = appcallback_pb2_grpc.AppCallbackStub(self._channel)
+        self._alpha = appcallback_pb2_grpc.AppCallbackAlphaStub(self._channel)
         self._health = self._channel.unary_unary(
             HEALTH_CHECK,
             request_serializer=Empty.SerializeToString,
@@ -77,6 +88,9 @@ class AppChannel:
         )
         self._reachable = True
         self._state_lock = threading.Lock()
+        self._bulk_calls = 0
+        self._bulk_entries = 0
+        self._largest_bulk = 0
 
     def _signed(self, **extra: str) -> list[tuple[str, str]]:
         """Metadata for a call daprd signs: ``extra`` plus ``dapr-api-token`` when set."""
@@ -176,6 +190,108 @@ class AppChannel:
             case unknown:
                 log.warning("app %s answered unknown status %s: retrying", self.label, unknown)
                 return Outcome.ERROR
+
+    def deliver_bulk(
+        self, events: Sequence[Mapping[str, object]], topic: str, path: str
+    ) -> list[Outcome]:
+        """One ``OnBulkTopicEvent`` call (``OnBulkTopicEventAlpha1`` if that is
+        UNIMPLEMENTED), built and mapped the way daprd's ``DeliverBulk`` does: a fresh
+        entry id per entry, each entry's own status; an entry left unanswered is retried;
+        a gRPC error is every entry's; UNIMPLEMENTED from both acks them all (lost)."""
+        outcomes = [Outcome.ERROR] * len(events)
+        entries: list[appcallback_pb2.TopicEventBulkRequestEntry] = []
+        index: dict[str, int] = {}
+        for position, event in enumerate(events):
+            try:
+                single = topic_event_request(
+                    event, topic=topic, pubsub_name=self._pubsub_name, path=path
+                )
+            except EnvelopeError as exc:  # daprd: FetchEntry failed, the entry is retried
+                log.warning(
+                    "message %s on topic %s cannot be delivered: %s", event.get("id"), topic, exc
+                )
+                continue
+            entry_id = str(uuid.uuid4())
+            index[entry_id] = position
+            entries.append(
+                appcallback_pb2.TopicEventBulkRequestEntry(
+                    entry_id=entry_id,
+                    cloud_event=appcallback_pb2.TopicEventCERequest(
+                        id=single.id,
+                        source=single.source,
+                        type=single.type,
+                        spec_version=single.spec_version,
+                        data_content_type=single.data_content_type,
+                        data=single.data,
+                        extensions=single.extensions,
+                    ),
+                    content_type=single.data_content_type,
+                )
+            )
+        if not entries:
+            return outcomes
+        request = appcallback_pb2.TopicEventBulkRequest(
+            id=str(uuid.uuid4()),
+            entries=entries,
+            metadata={"pubsubname": self._pubsub_name},
+            topic=topic,
+            pubsub_name=self._pubsub_name,
+            type=BULK_EVENT_TYPE,
+            path=path,
+        )
+        metadata = self._signed(pubsubname=self._pubsub_name)
+        with self._state_lock:
+            self._bulk_calls += 1
+            self._bulk_entries += len(entries)
+            self._largest_bulk = max(self._largest_bulk, len(entries))
+        try:
+            try:
+                reply = self._stub.OnBulkTopicEvent(
+                    request, metadata=metadata, timeout=self._timeout
+                )
+            except grpc.RpcError as exc:
+                if status_code(exc) != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                log.warning("app %s: falling back to OnBulkTopicEventAlpha1", self.label)
+                reply = self._alpha.OnBulkTopicEventAlpha1(
+                    request, metadata=metadata, timeout=self._timeout
+                )
+        except grpc.RpcError as exc:
+            code = status_code(exc)
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                return [Outcome.UNIMPLEMENTED] * len(events)
+            if code == grpc.StatusCode.UNAVAILABLE:
+                self._set_reachable(False)
+            else:
+                log.info(
+                    "app %s answered %s for a bulk of %d on topic %s",
+                    self.label,
+                    code.name if code else "an unknown error",
+                    len(entries),
+                    topic,
+                )
+            return outcomes
+        self._set_reachable(True)
+        for status in reply.statuses:
+            position = index.pop(status.entry_id, -1)
+            if position < 0:
+                log.warning("app %s answered an unknown entry id %s", self.label, status.entry_id)
+                continue
+            outcomes[position] = _OUTCOMES.get(status.status, Outcome.ERROR)
+        if index:
+            log.warning(
+                "app %s left %d bulk entr(ies) unanswered: retrying them", self.label, len(index)
+            )
+        return outcomes
+
+    def bulk_stats(self) -> dict[str, int]:
+        """Bulk calls made so far, the entries they carried, the largest batch."""
+        with self._state_lock:
+            return {
+                "calls": self._bulk_calls,
+                "entries": self._bulk_entries,
+                "largest": self._largest_bulk,
+            }
 
     def invoke(
         self, method: str, *, data: bytes, content_type: str, verb: str, query: str

@@ -21,7 +21,8 @@ the page's origin is in ``--allowed-origins`` (see :mod:`.origins`).
 Dev only (not part of Dapr; token-protected like the API):
 
 * ``GET /dev/stats`` → delivery counters per topic and per app instance, pending messages,
-  the subscriptions each instance returned, consumer groups
+  the subscriptions each instance returned, its bulk calls (``bulk_deliveries``: calls,
+  entries, largest batch), consumer groups
 * ``GET /dev/topics/{topic}/messages`` → the CloudEvents retained on a topic (last 10,000),
   e.g. a dead-letter topic
 * ``POST /dev/faults`` ``{"state": "unavailable" | "hang" | "slow" | null, "delay_s": 3}``

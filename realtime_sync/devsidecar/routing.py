@@ -59,6 +59,26 @@ def evaluate(expression: str, event: Mapping[str, object]) -> bool:
     )
 
 
+# daprd's defaults for unset bulk fields (dapr/dapr pkg/runtime/pubsub/default_bulksub.go)
+DEFAULT_MAX_MESSAGES = 100  # daprd's defaultMaxMessagesCount
+DEFAULT_MAX_AWAIT_MS = 1000  # daprd's defaultMaxAwaitDurationMs
+
+
+@dataclass(frozen=True, slots=True)
+class BulkConfig:
+    """The app's ``bulk_subscribe`` answer, with daprd's defaults for unset (0) fields."""
+
+    max_messages: int = DEFAULT_MAX_MESSAGES
+    max_await_s: float = DEFAULT_MAX_AWAIT_MS / 1000
+
+    @classmethod
+    def from_fields(cls, max_messages: int, max_await_ms: int) -> BulkConfig:
+        return cls(
+            max_messages if max_messages > 0 else DEFAULT_MAX_MESSAGES,
+            (max_await_ms if max_await_ms > 0 else DEFAULT_MAX_AWAIT_MS) / 1000,
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     match: str
@@ -74,6 +94,7 @@ class Subscription:
     default_path: str = ""
     dead_letter_topic: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    bulk: BulkConfig | None = None  # the app asked for bulk delivery (bulk_subscribe)
 
     @classmethod
     def from_proto(cls, sub: appcallback_pb2.TopicSubscription) -> Subscription:
@@ -97,6 +118,11 @@ class Subscription:
             default_path=sub.routes.default,
             dead_letter_topic=sub.dead_letter_topic or None,
             metadata=dict(sub.metadata),
+            bulk=BulkConfig.from_fields(
+                sub.bulk_subscribe.max_messages_count, sub.bulk_subscribe.max_await_duration_ms
+            )
+            if sub.bulk_subscribe.enabled
+            else None,
         )
 
     def route(self, event: Mapping[str, object]) -> str | None:
@@ -118,4 +144,10 @@ class Subscription:
             },
             "dead_letter_topic": self.dead_letter_topic,
             "metadata": dict(self.metadata),
+            "bulk_subscribe": None
+            if self.bulk is None
+            else {
+                "max_messages_count": self.bulk.max_messages,
+                "max_await_duration_ms": round(self.bulk.max_await_s * 1000),
+            },
         }

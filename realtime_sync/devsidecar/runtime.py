@@ -52,6 +52,7 @@ class AppInstance:
             "list_subscriptions_calls": self.list_subscriptions_calls,
             "subscriptions": [s.describe() for s in self.subscriptions],
             "ignored_subscriptions": list(self.ignored),
+            "bulk_deliveries": self.channel.bulk_stats(),
             "topics": replies,
         }
 

@@ -14,7 +14,8 @@ from dapr.proto.runtime.v1 import dapr_pb2_grpc
 
 from .api import ApiTokenInterceptor, DaprApiServicer
 from .app_channel import AppChannel
-from .broker import Broker, Member
+from .broker import Broker, Deliver, Member
+from .bulk import BatchingDelivery
 from .config import DeliveryMode, SidecarConfig
 from .faults import StateFaults
 from .health import AppHealthProbe
@@ -75,6 +76,8 @@ class DevSidecar:
             retry=config.retry, concurrency=config.concurrency, journal=self._journal
         )
         self._health_changed = threading.Condition()
+        self._batchers: dict[tuple[str, str], BatchingDelivery] = {}
+        self._batchers_lock = threading.Lock()
         self._store = InMemoryStateStore(config.state_store_name)
         self._instances = [
             AppInstance(
@@ -291,8 +294,34 @@ class DevSidecar:
         )
         group = self._group_name(instance)
         for subscription in accepted:
-            self._broker.subscribe(group, Member(channel.label, subscription, channel.deliver))
+            self._broker.subscribe(
+                group, Member(channel.label, subscription, self._deliver(instance, subscription))
+            )
         instance.state = "subscribed"
+
+    def _deliver(self, instance: AppInstance, subscription: Subscription) -> Deliver:
+        """How the broker's workers deliver to this instance: one ``OnTopicEvent`` each, or,
+        when the app asked for bulk, through the batching layer daprd puts in between (one
+        per instance and topic, kept across a re-subscription)."""
+        channel = instance.channel
+        if subscription.bulk is None:
+            return channel.deliver
+        key = (channel.label, subscription.topic)
+        with self._batchers_lock:
+            batcher = self._batchers.get(key)
+            if batcher is None or batcher.config != subscription.bulk:
+                batcher = BatchingDelivery(
+                    channel.deliver_bulk, subscription.topic, subscription.bulk, self._stopping
+                )
+                self._batchers[key] = batcher
+        log.info(
+            "app %s: bulk delivery on topic %s (up to %d per call, %g ms window)",
+            channel.label,
+            subscription.topic,
+            subscription.bulk.max_messages,
+            subscription.bulk.max_await_s * 1000,
+        )
+        return batcher.deliver
 
     def _restore(self, journal: Journal) -> None:
         restored = 0

@@ -231,3 +231,11 @@ def stack(request: pytest.FixtureRequest) -> Iterator[ServiceProcess]:
     """One sidecar + service shared by a test module (tests use distinct users/tasks)."""
     with running_stack(request.module.__name__.rsplit(".", 1)[-1]) as service:
         yield service
+
+
+@pytest.fixture(scope="module")
+def single_stack(request: pytest.FixtureRequest) -> Iterator[ServiceProcess]:
+    """Like `stack`, with BULK_SUBSCRIBE=false: one OnTopicEvent per event."""
+    name = request.module.__name__.rsplit(".", 1)[-1] + "-single"
+    with running_stack(name, service_env_extra={"BULK_SUBSCRIBE": "false"}) as service:
+        yield service

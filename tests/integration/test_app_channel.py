@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from concurrent.futures import Future
 from typing import Any
 
 import grpc
 import orjson
+from dapr.proto.runtime.v1 import appcallback_pb2
 
 from tests.integration.conftest import running_stack
 from tests.integration.harness import wait_until
@@ -110,3 +112,62 @@ async def test_readyz_recovers_after_an_app_restart_when_the_sidecar_wants_a_tok
         async with stack.client("token-user") as client:
             stack.publish({"type": "TASK_ADDED", "user_id": "token-user", "task_id": 1})
             assert len(await client.updates(1)) == 1
+
+
+async def test_health_probes_answer_within_100_ms_under_bulk_load() -> None:
+    """32 OnBulkTopicEvent calls of 8 entries each (twice the handler pool) wait on a state
+    store that takes 2 s per read: 20 health probes in a row each answer within 100 ms."""
+    with running_stack("health-under-bulk", service_env_extra={"DAPR_TIMEOUT_S": "5"}) as stack:
+        stack.sidecar.set_fault("slow", delay_s=2.0)
+        channel, stub = grpc_stub(stack)
+        with channel:
+            calls: list[Future[Any]] = [
+                stub.OnBulkTopicEvent.future(
+                    bulk_request(
+                        [
+                            orjson.dumps(
+                                {
+                                    "type": "TASK_ADDED",
+                                    "user_id": f"bulk-load-{n}",
+                                    "task_id": 8000 + 8 * n + i,
+                                }
+                            )
+                            for i in range(8)
+                        ]
+                    ),
+                    timeout=120,
+                )
+                for n in range(32)
+            ]
+            wait_until(lambda: stack.sidecar.stats()["state_calls_slowed"] > 0, 10)
+            latencies = []
+            for _ in range(20):
+                in_flight = sum(not call.done() for call in calls)
+                started = time.perf_counter()
+                health_probe(channel, timeout=PROBE_TIMEOUT_S)
+                latencies.append(time.perf_counter() - started)
+                assert in_flight >= APP_WORKERS, in_flight
+            print(f"health probe latency under bulk load: max {max(latencies) * 1e3:.1f} ms")
+            assert max(latencies) < 0.1
+            stack.sidecar.set_fault(None)
+            for call in calls:
+                assert len(call.result(timeout=120).statuses) == 8
+
+
+def bulk_request(bodies: list[bytes]) -> Any:
+    return appcallback_pb2.TopicEventBulkRequest(
+        id=str(uuid.uuid4()),
+        entries=[
+            appcallback_pb2.TopicEventBulkRequestEntry(
+                entry_id=str(uuid.uuid4()),
+                cloud_event=appcallback_pb2.TopicEventCERequest(
+                    id=str(uuid.uuid4()),
+                    data_content_type="application/json",
+                    data=body,
+                ),
+            )
+            for body in bodies
+        ],
+        topic="task-updates",
+        pubsub_name="pubsub",
+    )

@@ -179,11 +179,13 @@ async def test_a_redelivered_event_id_is_sent_once(stack: ServiceProcess) -> Non
 
 
 async def test_events_of_a_cached_task_are_acked_ahead_and_all_arrive_once(
-    stack: ServiceProcess,
+    single_stack: ServiceProcess,
 ) -> None:
-    """The first event of a task reads its share list (the thread waits for the verdict);
-    later ones find it cached and are answered SUCCESS before the loop writes them. (The
-    sidecar delivers with 10 workers, as Redis Streams does, so the order is Dapr's.)"""
+    """With BULK_SUBSCRIBE=false (one OnTopicEvent per event): the first event of a task
+    reads its share list (the thread waits for the verdict); later ones find it cached and
+    are answered SUCCESS before the loop writes them. (The sidecar delivers with 10
+    workers, as Redis Streams does, so the order is Dapr's.)"""
+    stack = single_stack
     async with stack.client("owner-ahead") as owner, stack.client("friend-ahead") as friend:
         stack.sidecar.save_state([shares_record("owner-ahead", 77, ["friend-ahead"])])
         stack.publish(task_event("owner-ahead", 77, id="ahead-first"))

@@ -31,6 +31,7 @@ import yaml
 
 from bench.common import free_port
 from realtime_sync.config import SETTINGS
+from realtime_sync.dev import DEV_CONCURRENCY
 from realtime_sync.service import DRAIN_BUDGET_S
 from tests.integration.conftest import ServiceProcess
 
@@ -710,8 +711,19 @@ def test_deployment_runs_the_service_as_dapr_expects() -> None:
     # daprd never has more calls in flight than the app has handler threads: pub/sub
     # deliveries are bounded by the component's `concurrency` (app-max-concurrency does
     # not apply to them on a gRPC app channel), invocations by app-max-concurrency.
-    deliveries = int(metadata_values(component(K8S_DIR / "dapr" / "pubsub.yaml"))["concurrency"])
+    # In bulk mode (the default) daprd's default bulk subscriber makes one bulk call at a
+    # time per subscription (dapr/dapr pkg/runtime/pubsub/default_bulksub.go
+    # processBulkMessagesBatch), and `concurrency` caps a batch: it must let a batch fill.
+    concurrency = int(metadata_values(component(K8S_DIR / "dapr" / "pubsub.yaml"))["concurrency"])
     invocations = int(annotations["dapr.io/app-max-concurrency"])
+    declared = {s.env: s for s in SETTINGS}
+    bulk = declared["BULK_SUBSCRIBE"]
+    if bulk.parse(settings.get(bulk.env, str(bulk.default))):
+        max_messages = declared["BULK_MAX_MESSAGES"]
+        assert concurrency >= int(settings.get(max_messages.env, max_messages.default))
+        deliveries = 1
+    else:
+        deliveries = concurrency
     assert deliveries + invocations <= int(settings["APP_WORKERS"])
     # The probe daprd sends: 500 ms timeout, 3 misses (the app answers on its own pool).
     assert annotations.get("dapr.io/app-health-probe-timeout", "500") == "500"
@@ -1129,3 +1141,16 @@ def test_the_image_healthcheck_passes_on_a_live_service_and_fails_without_one(
     env["WS_PORT"] = str(free_port())  # nothing listens there
     dead = subprocess.run(command, env=env, capture_output=True, timeout=10, check=False)
     assert dead.returncode != 0
+
+
+def test_local_batches_can_fill() -> None:
+    """Redis has no native bulk: daprd's default bulk subscriber caps a batch at the
+    component's `concurrency` (dapr/dapr pkg/runtime/pubsub/default_bulksub.go), so the
+    local component lets a batch of BULK_MAX_MESSAGES form, and `realtime-sync dev` gives
+    the dev sidecar the same number of delivery workers."""
+    concurrency = int(
+        metadata_values(component(ROOT / "components" / "pubsub.yaml"))["concurrency"]
+    )
+    max_messages = next(s for s in SETTINGS if s.env == "BULK_MAX_MESSAGES").default
+    assert concurrency >= max_messages
+    assert concurrency == DEV_CONCURRENCY

@@ -178,3 +178,38 @@ async def test_a_steady_stream_of_hand_offs_leaves_the_loop_to_other_callbacks()
     assert len(seen) == 3 * DRAIN_ROUNDS + 1
     # After DRAIN_ROUNDS rounds (or sooner, once a slice took DRAIN_SLICE_S).
     assert 1 <= seen.index("other") <= DRAIN_ROUNDS
+
+
+# --- a bulk delivery: one crossing per batch ----------------------------------------------
+
+
+async def test_a_batch_crosses_in_one_wake_up_in_order_and_past_a_full_bound_gets_none() -> None:
+    """Three slots, a batch of five: the first three reach the loop in one routing round, in
+    order, never acknowledged ahead; the other two find no slot and get None (RETRY), so no
+    later event of the batch overtakes one sent back to daprd."""
+    slots = Slots(3)
+    shares = ShareLists(cast(Any, None), cache_s=60.0, clock=time.monotonic)
+    rounds: list[list[str]] = []
+    routed = asyncio.Event()
+
+    def route(inbox: deque[Handoff]) -> None:
+        batch = []
+        while inbox:
+            handoff = inbox.popleft()
+            batch.append(handoff.event.event_id)
+            assert handoff.take()
+            handoff.verdict = Verdict.SUCCESS
+            handoff.answer()
+        slots.free(len(batch))
+        rounds.append(batch)
+        routed.set()
+
+    bridge = Bridge(slots=slots, shares=shares, ack_ahead=128, route=route)
+    items = [(event(n), None) for n in range(5)]
+    handoffs = await asyncio.to_thread(bridge.offer_batch, items, 0.0)
+    assert [h is not None for h in handoffs] == [True, True, True, False, False]
+    assert not any(h.acked for h in handoffs if h is not None)
+    await routed.wait()
+    assert rounds == [[items[n][0].event_id for n in range(3)]]
+    assert [h.outcome(1.0) for h in handoffs if h is not None] == [Verdict.SUCCESS] * 3
+    await bridge.wait_idle()

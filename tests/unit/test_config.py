@@ -141,7 +141,7 @@ def _sample(s: Setting) -> tuple[str, object]:
         return choice.upper(), choice
     match s.default:
         case bool():
-            return "yes", not s.default
+            return ("no" if s.default else "yes"), not s.default
         case int() | float() if s.maximum is not None:
             return str(s.maximum), type(s.default)(s.maximum)
         case int():

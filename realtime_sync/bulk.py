@@ -1,0 +1,196 @@
+"""Bulk delivery from daprd: asked for in the subscription, served one batch per crossing.
+
+Why an interceptor. dapr-ext-grpc's `App.subscribe()` cannot ask for bulk delivery
+(dapr/python-sdk#464), and its `OnBulkTopicEvent` calls the topic handler one entry at a
+time on the handler thread, which would cost one thread-to-loop crossing and one wait per
+event. Both are fixed here at a public seam, a `grpc.ServerInterceptor` passed to the App
+(`App(interceptors=...)`), without touching the App's private attributes:
+
+* `ListTopicSubscriptions`: the App's own answer is kept (it stays the one place the
+  subscription is declared) and our topic's entry gets `bulk_subscribe` (enabled,
+  `max_messages_count`, `max_await_duration_ms`), which daprd reads in dapr/dapr
+  `pkg/runtime/pubsub/subscriptions.go` `GetSubscriptionsGRPC`.
+* `OnBulkTopicEvent` and `OnBulkTopicEventAlpha1` (daprd falls back to the latter on
+  UNIMPLEMENTED, `pkg/runtime/subscription/postman/grpc/grpc.go` `DeliverBulk`): served by
+  `BulkIngest` for our pubsub and topic; any other topic goes to the App's servicer as before.
+
+A second servicer for `AppCallback` could not do the first part (the App registers its own
+at construction and answers `ListTopicSubscriptions` from its private table), so rewriting
+the answer in flight is the smallest seam that keeps the SDK the source of the subscription.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import grpc
+from dapr.proto.runtime.v1 import appcallback_pb2
+
+from realtime_sync.bridge import Bridge
+from realtime_sync.config import Settings
+from realtime_sync.core.outcomes import Verdict
+from realtime_sync.metrics import Metrics
+
+if TYPE_CHECKING:  # the subscriber builds this module's interceptor
+    from realtime_sync.subscriber import Admission
+
+log = logging.getLogger(__name__)
+
+LIST_SUBSCRIPTIONS: Final = "/dapr.proto.runtime.v1.AppCallback/ListTopicSubscriptions"
+BULK_METHODS: Final = frozenset(
+    {
+        "/dapr.proto.runtime.v1.AppCallback/OnBulkTopicEvent",
+        "/dapr.proto.runtime.v1.AppCallbackAlpha/OnBulkTopicEventAlpha1",
+    }
+)
+_STATUS: Final = {
+    Verdict.SUCCESS: appcallback_pb2.TopicEventResponse.SUCCESS,
+    Verdict.RETRY: appcallback_pb2.TopicEventResponse.RETRY,
+    Verdict.DROP: appcallback_pb2.TopicEventResponse.DROP,
+}
+
+_READ: Final = ("traceparent", "time")  # the CloudEvent extensions the subscriber reads
+Admit = Callable[[str, bytes, Mapping[str, Any]], "Admission"]
+"""The subscriber's checks before routing: (CloudEvent id, data, extensions) -> Admission."""
+
+
+class BulkIngest:
+    """Answers one bulk call: every entry checked (parse, draining, stale guard), the routable
+    ones handed to the loop in ONE crossing, in order, then every verdict waited for. The loop
+    routes the batch in one round (per-task order kept, each event framed once and buffered
+    for resume, the frames of the whole batch coalesced per connection) and answers after
+    the writes. Each entry gets its own status: SUCCESS, RETRY (share list unreadable, bound
+    full, timed out, draining) or DROP (malformed, logged with its reason).
+    """
+
+    def __init__(self, *, settings: Settings, bridge: Bridge, metrics: Metrics, admit: Admit):
+        self._s = settings
+        self._bridge = bridge
+        self._metrics = metrics
+        self._admit = admit
+
+    def handle(
+        self, request: appcallback_pb2.TopicEventBulkRequest
+    ) -> appcallback_pb2.TopicEventBulkResponse:
+        entries = request.entries
+        verdicts: list[Verdict] = [Verdict.RETRY] * len(entries)
+        labels: list[str] = ["unknown"] * len(entries)
+        routed: list[tuple[int, Admission]] = []
+        for index, entry in enumerate(entries):
+            try:
+                admission = self._admit_entry(entry)
+            except Exception:
+                log.exception("bulk entry check failed; answering RETRY")
+                continue
+            labels[index] = admission.label
+            if admission.event is None:
+                verdicts[index] = admission.verdict or Verdict.RETRY
+            else:
+                routed.append((index, admission))
+        if routed:
+            self._route(routed, verdicts)
+        counted = Counter(zip(labels, verdicts, strict=True))
+        for (label, verdict), count in counted.items():
+            self._metrics.events.labels(label, verdict.value).inc(count)
+        return appcallback_pb2.TopicEventBulkResponse(
+            statuses=[
+                appcallback_pb2.TopicEventBulkResponseEntry(
+                    entry_id=entry.entry_id, status=_STATUS[verdict]
+                )
+                for entry, verdict in zip(entries, verdicts, strict=True)
+            ]
+        )
+
+    def _admit_entry(self, entry: appcallback_pb2.TopicEventBulkRequestEntry) -> Admission:
+        if entry.HasField("cloud_event"):
+            event = entry.cloud_event
+            # Only these extensions are read; the Struct's own map is ~5x cheaper to read
+            # than the Struct as a Mapping (measured: 0.6 vs 3.3 us an entry).
+            fields = event.extensions.fields
+            wanted = {key: fields[key].string_value for key in _READ if key in fields}
+            return self._admit(event.id, event.data, wanted)
+        # A raw-payload entry (not what we subscribe with): its bytes are the data.
+        return self._admit(entry.entry_id, entry.bytes, {})
+
+    def _route(self, routed: list[tuple[int, Admission]], verdicts: list[Verdict]) -> None:
+        items = [(a.event, a.published_at) for _, a in routed if a.event is not None]
+        handoffs = self._bridge.offer_batch(items, self._s.handoff_wait_s)
+        deadline = time.monotonic() + self._s.handler_timeout_s
+        for (index, admission), handoff in zip(routed, handoffs, strict=True):
+            event_id = admission.event.event_id if admission.event is not None else ""
+            if handoff is None:
+                log.warning("hand-off queue full; answering RETRY", extra={"event_id": event_id})
+                continue
+            verdict = handoff.outcome(max(0.0, deadline - time.monotonic()))
+            if verdict is None:
+                log.warning("routing timed out; answering RETRY", extra={"event_id": event_id})
+                continue
+            verdicts[index] = verdict
+
+
+class BulkSubscription(grpc.ServerInterceptor):
+    """Asks daprd for bulk delivery of our topic and serves it with `BulkIngest`.
+
+    Placed after the app channel's gatekeeper in the App's interceptors, so the token check,
+    the in-flight count and the draining wait apply to bulk calls as to single ones.
+    """
+
+    def __init__(self, *, settings: Settings, ingest: BulkIngest) -> None:
+        self._pubsub = settings.pubsub_name
+        self._topic = settings.topic_name
+        self._config = appcallback_pb2.BulkSubscribeConfig(
+            enabled=True,
+            max_messages_count=settings.bulk_max_messages,
+            max_await_duration_ms=settings.bulk_max_await_ms,
+        )
+        self._ingest = ingest
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Any],
+        details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        if details.method == LIST_SUBSCRIPTIONS:
+            return _unary(handler, self._with_bulk(handler.unary_unary))
+        if details.method in BULK_METHODS:
+            return grpc.unary_unary_rpc_method_handler(
+                self._bulk(handler.unary_unary),
+                request_deserializer=appcallback_pb2.TopicEventBulkRequest.FromString,
+                response_serializer=appcallback_pb2.TopicEventBulkResponse.SerializeToString,
+            )
+        return handler
+
+    def _with_bulk(self, inner: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            response = inner(request, context)
+            for subscription in response.subscriptions:
+                if subscription.pubsub_name == self._pubsub and subscription.topic == self._topic:
+                    subscription.bulk_subscribe.CopyFrom(self._config)
+            return response
+
+        return call
+
+    def _bulk(self, sdk: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+        def call(
+            request: appcallback_pb2.TopicEventBulkRequest, context: grpc.ServicerContext
+        ) -> Any:
+            if request.pubsub_name == self._pubsub and request.topic == self._topic:
+                return self._ingest.handle(request)
+            return sdk(request, context)
+
+        return call
+
+
+def _unary(handler: Any, behaviour: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+    return grpc.unary_unary_rpc_method_handler(
+        behaviour,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
