@@ -77,14 +77,15 @@ def test_the_subscription_asks_daprd_for_bulk_delivery(bulk_stack: ServiceProces
     channel, stub = grpc_stub(bulk_stack)
     with channel:
         reply = stub.ListTopicSubscriptions(Empty(), timeout=5)
-    [sub] = list(reply.subscriptions)
+    # The task topic (the control topic is a second, single-event subscription).
+    [sub] = [s for s in reply.subscriptions if s.topic == "task-updates"]
     assert sub.bulk_subscribe.enabled
     assert (sub.bulk_subscribe.max_messages_count, sub.bulk_subscribe.max_await_duration_ms) == (
         100,
         5,
     )
     [instance] = bulk_stack.sidecar.stats()["instances"].values()
-    [seen] = instance["subscriptions"]
+    [seen] = [s for s in instance["subscriptions"] if s["topic"] == "task-updates"]
     assert seen["bulk_subscribe"] == {"max_messages_count": 100, "max_await_duration_ms": 5}
 
 
@@ -220,7 +221,8 @@ async def test_bulk_off_keeps_one_call_per_event(single_stack: ServiceProcess) -
     channel, stub = grpc_stub(single_stack)
     with channel:
         reply = stub.ListTopicSubscriptions(Empty(), timeout=5)
-    [sub] = list(reply.subscriptions)
+    # The task topic (the control topic is a second, single-event subscription).
+    [sub] = [s for s in reply.subscriptions if s.topic == "task-updates"]
     assert not sub.HasField("bulk_subscribe")
     async with single_stack.client("single-owner") as client:
         for i in range(5):

@@ -239,6 +239,9 @@ async def test_resume_after_a_dropped_connection_has_no_gap_and_no_duplicate(
             for n in range(30):
                 sent.append(await asyncio.to_thread(publish, stack, "py-seam", n))
                 if n == 8:
+                    # The client has a position to resume from (its last event) before the
+                    # connection drops: without one, a fresh subscribe is all it can ask for.
+                    await until(lambda: len(rec.ids) == 9, what="the first 9 updates")
                     proxy.refuse = True
                     proxy.cut()
                 if n == 20:
