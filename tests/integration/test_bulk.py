@@ -77,14 +77,17 @@ def test_the_subscription_asks_daprd_for_bulk_delivery(bulk_stack: ServiceProces
     channel, stub = grpc_stub(bulk_stack)
     with channel:
         reply = stub.ListTopicSubscriptions(Empty(), timeout=5)
-    [sub] = list(reply.subscriptions)
+    # The task topic asks for bulk; the control topic (share-list changes) stays single.
+    [sub] = [s for s in reply.subscriptions if s.topic == "task-updates"]
+    others = [s for s in reply.subscriptions if s.topic != "task-updates"]
+    assert others and not any(s.HasField("bulk_subscribe") for s in others)
     assert sub.bulk_subscribe.enabled
     assert (sub.bulk_subscribe.max_messages_count, sub.bulk_subscribe.max_await_duration_ms) == (
         100,
         5,
     )
     [instance] = bulk_stack.sidecar.stats()["instances"].values()
-    [seen] = instance["subscriptions"]
+    [seen] = [s for s in instance["subscriptions"] if s["topic"] == "task-updates"]
     assert seen["bulk_subscribe"] == {"max_messages_count": 100, "max_await_duration_ms": 5}
 
 
@@ -220,8 +223,7 @@ async def test_bulk_off_keeps_one_call_per_event(single_stack: ServiceProcess) -
     channel, stub = grpc_stub(single_stack)
     with channel:
         reply = stub.ListTopicSubscriptions(Empty(), timeout=5)
-    [sub] = list(reply.subscriptions)
-    assert not sub.HasField("bulk_subscribe")
+    assert not any(s.HasField("bulk_subscribe") for s in reply.subscriptions)
     async with single_stack.client("single-owner") as client:
         for i in range(5):
             single_stack.publish(event("single-owner", i, f"one-{i}"))
