@@ -105,9 +105,14 @@ class BulkIngest:
         if entry.HasField("cloud_event"):
             event = entry.cloud_event
             # Only these extensions are read; the Struct's own map is ~5x cheaper to read
-            # than the Struct as a Mapping (measured: 0.6 vs 3.3 us an entry).
+            # than the Struct as a Mapping (measured: 0.6 vs 3.3 us an entry), one `get`
+            # a key cheaper than a test then a read.
             fields = event.extensions.fields
-            wanted = {key: fields[key].string_value for key in _READ if key in fields}
+            wanted = {}
+            for key in _READ:
+                value = fields.get(key)
+                if value is not None:
+                    wanted[key] = value.string_value
             return self._admit(event.id, event.data, wanted)
         # A raw-payload entry (not what we subscribe with): its bytes are the data.
         return self._admit(entry.entry_id, entry.bytes, {})

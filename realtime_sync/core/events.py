@@ -106,19 +106,19 @@ def is_task_id(value: object) -> bool:
 
 
 def nested_deeper_than(value: object, limit: int) -> bool:
-    """Whether arrays/objects nest more than `limit` levels in `value` (no recursion)."""
-    pending: list[tuple[object, int]] = [(value, 0)]
+    """Whether arrays/objects nest more than `limit` levels in `value` (no recursion).
+
+    Runs on every event: only containers are queued, so a flat object costs one pass."""
+    if not isinstance(value, dict | list):
+        return False
+    pending: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 0)]
     while pending:
         item, depth = pending.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
         if depth >= limit:
             return True
-        pending.extend((child, depth + 1) for child in children)
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                pending.append((child, depth + 1))
     return False
 
 
