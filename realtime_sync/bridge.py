@@ -280,10 +280,9 @@ class Bridge:
         """
         got = self._slots.take_many(len(items), wait_s)
         done = Completion(got)
-        known = self._known_shares
-        handoffs = [
-            Handoff(event, published_at, known(event), done) for event, published_at in items[:got]
-        ]
+        # No share list looked up here: it only serves to acknowledge ahead, and the loop
+        # reads the cache as it is when it routes.
+        handoffs = [Handoff(event, published_at, None, done) for event, published_at in items[:got]]
         if handoffs:
             self._inbox.extend(handoffs)
             if not self._wake():

@@ -192,9 +192,12 @@ def parse_event(
     elif not isinstance(metadata, dict):
         raise InvalidEvent("field 'metadata' must be an object")
 
-    for name, value in (("data", data), ("metadata", metadata)):
-        if nested_deeper_than(value, MAX_NESTING):
-            raise InvalidEvent(f"field {name!r} is nested deeper than {MAX_NESTING} levels")
+    # A field nests no deeper than the brackets the whole document opens (those inside
+    # strings only add to the count): when they are few, neither field needs the walk.
+    if raw.count(b"{") + raw.count(b"[") > MAX_NESTING + 1:
+        for name, value in (("data", data), ("metadata", metadata)):
+            if nested_deeper_than(value, MAX_NESTING):
+                raise InvalidEvent(f"field {name!r} is nested deeper than {MAX_NESTING} levels")
 
     shared_with: tuple[str, ...] | None = None
     share_order: ShareOrder | None = None
