@@ -59,7 +59,7 @@ class Completion:
 
     def abandon(self) -> bool:
         """Thread side, after its wait ran out: the loop takes nothing more of this
-        delivery. True if it had taken nothing (no wait is left)."""
+        delivery. True if nothing it took is still unanswered (no wait is left)."""
         with self._lock:
             self._abandoned = True
             if self._taken == 0:
@@ -128,7 +128,7 @@ class Handoff:
 
     def abandon(self) -> bool:
         """After the thread's wait ran out: True if the loop never took it."""
-        return self.done.abandon()
+        return self.done.abandon() and not self.taken
 
     def wait(self, timeout: float | None) -> Verdict | None:
         """The verdict, or None if `timeout` ran out first."""
@@ -137,10 +137,8 @@ class Handoff:
     def outcome(self, timeout: float) -> Verdict | None:
         """The verdict, or None when the loop had not taken the hand-off within `timeout`
         (it never will now). Once taken it is waited out (see `Completion.settle`)."""
-        verdict = self.wait(timeout)
-        if verdict is not None or self.abandon():
-            return verdict
-        return self.wait(None) or Verdict.RETRY
+        self.done.settle(timeout)
+        return self.verdict if self.taken else None
 
 
 class Offered:

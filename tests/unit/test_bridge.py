@@ -76,6 +76,26 @@ def test_a_thread_waits_out_a_hand_off_the_loop_took() -> None:
         answered.join()
 
 
+def test_a_hand_off_answered_just_as_the_wait_ran_out_keeps_its_verdict(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop takes and answers the hand-off between the thread's wait running out and
+    its giving up: the thread must answer the verdict, not RETRY for a delivered event."""
+    h = Handoff(event(1), None)
+    real_wait = Completion.wait
+
+    def wait_then_loop_answers(self: Completion, timeout: float | None) -> bool:
+        if timeout is not None:  # the bounded wait runs out as the loop answers
+            assert h.take()
+            h.verdict = Verdict.SUCCESS
+            h.answer()
+            return False
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(Completion, "wait", wait_then_loop_answers)
+    assert h.outcome(0.0) is Verdict.SUCCESS
+
+
 # --- one completion for a whole bulk batch --------------------------------------------------
 
 
