@@ -193,8 +193,8 @@ class Slots:
             if grab > 0:
                 self._taken += grab
                 got += grab
-                if got == count:
-                    return got
+            if got == count:
+                return got
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return got

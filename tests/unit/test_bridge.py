@@ -159,6 +159,7 @@ def test_a_batch_takes_what_is_free_in_one_call_and_the_bound_is_exact() -> None
     slots.free(2)
     assert slots.take_many(4, 0.0) == 2
     assert slots.taken == 3
+    assert slots.take_many(0, 30.0) == 0  # nothing asked, nothing waited for
 
 
 def test_a_batch_waiting_for_slots_gets_those_freed_before_its_deadline() -> None:
