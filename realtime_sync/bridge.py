@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from realtime_sync.core.events import TaskEvent
 from realtime_sync.core.outcomes import Verdict
@@ -21,111 +19,204 @@ DRAIN_ROUNDS = 8
 DRAIN_SLICE_S = 0.05
 
 
-def _held_lock() -> threading.Lock:
-    lock = threading.Lock()
-    lock.acquire()
-    return lock
+class Completion:
+    """The answer to one delivery: one hand-off (`OnTopicEvent`) or a whole bulk batch.
 
-
-class Claim(enum.Enum):
-    """Who has a hand-off: nobody yet, the loop, or the thread that gave up on it."""
-
-    PENDING = "pending"
-    TAKEN = "taken"
-    ABANDONED = "abandoned"
-
-
-@dataclass(slots=True, eq=False)
-class Handoff:
-    """One event in flight from a handler thread to the loop; its claim decides who gives
-    up on it, so an event the thread answered RETRY is never routed late.
-
-    Plain C-level locks, not a concurrent Future: `done` is held until the loop answers,
-    `lock` guards the claim (taken by the loop or abandoned by the thread).
+    The waiting handler thread is woken ONCE, when every hand-off of it has been answered,
+    or, after the thread gave up (`abandon`), when the ones the loop had already taken are
+    answered: those the loop had not taken it never will, so the thread answers them RETRY
+    without waiting. Two plain C-level locks for the whole delivery, not two per event:
+    `_done` is held until the wake-up, `_lock` guards the counts.
     """
 
-    event: TaskEvent
-    published_at: float | None
-    # The share list, when the thread found it cached: routing then needs no state call
-    # and cannot fail, so the event may be acknowledged ahead of its writes.
-    shared: tuple[str, ...] | None = None
-    acked: bool = False
-    verdict: Verdict = Verdict.RETRY
-    done: threading.Lock = field(default_factory=_held_lock)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    claim: Claim = Claim.PENDING
-    # A share-list change's outcome, set by the loop (read by `set_task_shares`).
-    applied: Applied | None = None
+    __slots__ = ("_abandoned", "_done", "_lock", "_open", "_taken", "_woken")
+
+    def __init__(self, count: int) -> None:
+        self._lock = threading.Lock()
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._open = count  # hand-offs not answered yet
+        self._taken = 0  # taken by the loop and not answered yet
+        self._abandoned = False
+        self._woken = False
+
+    def take(self) -> bool:
+        """Loop side: claim one hand-off; False once the thread has given up."""
+        with self._lock:
+            if self._abandoned:
+                return False
+            self._taken += 1
+            return True
+
+    def ended(self, taken: bool) -> None:
+        """Loop side: one hand-off is answered (its verdict is final)."""
+        with self._lock:
+            self._open -= 1
+            if taken:
+                self._taken -= 1
+            if self._open == 0 or (self._abandoned and self._taken == 0):
+                self._wake()
 
     def abandon(self) -> bool:
-        """Thread side, after its wait ran out: True if the loop never took it."""
-        with self.lock:
-            if self.claim is Claim.PENDING:
-                self.claim = Claim.ABANDONED
+        """Thread side, after its wait ran out: the loop takes nothing more of this
+        delivery. True if nothing it took is still unanswered (no wait is left)."""
+        with self._lock:
+            self._abandoned = True
+            if self._taken == 0:
+                self._wake()
                 return True
             return False
 
+    @property
+    def abandoned(self) -> bool:
+        """The thread has given up on what the loop had not taken."""
+        return self._abandoned
+
+    def _wake(self) -> None:  # under _lock
+        if not self._woken:
+            self._woken = True
+            self._done.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Thread side: False if `timeout` ran out before the wake-up."""
+        return self._done.acquire(timeout=-1 if timeout is None else timeout)
+
+    def settle(self, timeout: float) -> None:
+        """Thread side: wait up to `timeout`; then give up on what the loop has not taken
+        and wait out what it has (its state calls have their own deadlines, and answering
+        RETRY for a delivered event would repeat it)."""
+        if not self.wait(timeout) and not self.abandon():
+            self.wait(None)
+
+
+class Handoff:
+    """One event in flight from a handler thread to the loop. Its delivery's `Completion`
+    decides who gives up on it, so an event the thread answered RETRY is never routed late.
+    """
+
+    __slots__ = ("acked", "applied", "done", "event", "published_at", "shared", "taken", "verdict")
+
+    def __init__(
+        self,
+        event: TaskEvent,
+        published_at: float | None,
+        shared: tuple[str, ...] | None = None,
+        done: Completion | None = None,
+    ) -> None:
+        self.event = event
+        self.published_at = published_at
+        # The share list, when the thread found it cached: routing then needs no state call
+        # and cannot fail, so the event may be acknowledged ahead of its writes.
+        self.shared = shared
+        self.acked = False
+        self.verdict = Verdict.RETRY
+        self.taken = False
+        # A share-list change's outcome, set by the loop (read by `set_task_shares`).
+        self.applied: Applied | None = None
+        self.done = done if done is not None else Completion(1)
+
     def take(self) -> bool:
         """Loop side: False if the thread already gave up on it."""
-        with self.lock:
-            if self.claim is Claim.ABANDONED:
-                return False
-            self.claim = Claim.TAKEN
-            return True
+        self.taken = self.done.take()
+        return self.taken
 
     def answer(self) -> None:
-        """Loop side: `verdict` is final; wakes the waiting handler thread."""
-        self.done.release()
+        """Loop side: `verdict` is final."""
+        self.done.ended(self.taken)
+
+    # The thread side of a hand-off delivered alone.
+
+    def abandon(self) -> bool:
+        """After the thread's wait ran out: True if the loop never took it."""
+        return self.done.abandon() and not self.taken
 
     def wait(self, timeout: float | None) -> Verdict | None:
-        """Thread side: the verdict, or None if `timeout` ran out first."""
-        if self.done.acquire(timeout=-1 if timeout is None else timeout):
-            return self.verdict
-        return None
+        """The verdict, or None if `timeout` ran out first."""
+        return self.verdict if self.done.wait(timeout) else None
 
     def outcome(self, timeout: float) -> Verdict | None:
-        """Thread side: the verdict, or None when the loop had not taken the hand-off
-        within `timeout` (it never will now). Once taken it is waited out: its state calls
-        have their own deadlines, and answering RETRY for a delivered event would repeat it.
-        """
-        verdict = self.wait(timeout)
-        if verdict is not None or self.abandon():
-            return verdict
-        return self.wait(None) or Verdict.RETRY
+        """The verdict, or None when the loop had not taken the hand-off within `timeout`
+        (it never will now). Once taken it is waited out (see `Completion.settle`)."""
+        self.done.settle(timeout)
+        return self.verdict if self.taken else None
+
+
+class Offered:
+    """A bulk batch handed to the loop: the hand-offs that got a slot (a prefix of the
+    batch, in order), all answered through one `Completion`."""
+
+    __slots__ = ("_done", "handoffs")
+
+    def __init__(self, handoffs: list[Handoff], done: Completion) -> None:
+        self.handoffs = handoffs
+        self._done = done
+
+    def verdicts(self, timeout: float) -> list[Verdict | None]:
+        """Thread side: each hand-off's verdict, in order; None for one the loop had not
+        taken within `timeout` (it never will now: answer RETRY)."""
+        if self.handoffs:
+            self._done.settle(timeout)
+        return [h.verdict if h.taken else None for h in self.handoffs]
 
 
 class Slots:
     """The bound on hand-offs in flight (offered and not yet answered or dropped).
 
-    A handler thread takes a slot, waiting up to a deadline (a full bound answers RETRY,
+    A handler thread takes slots, waiting up to a deadline (a full bound answers RETRY,
     which passes backpressure on to daprd); the loop frees slots as their hand-offs end.
+    One condition for the count, so a bulk batch takes its slots in one call.
     """
 
     def __init__(self, capacity: int) -> None:
-        self._free = threading.BoundedSemaphore(capacity)
-        self._count_lock = threading.Lock()
+        self._capacity = capacity
+        self._changed = threading.Condition(threading.Lock())
         self._taken = 0
         self._none_taken = asyncio.Event()
         self._none_taken.set()
 
     def take(self, wait_s: float) -> int:
         """Thread side: the hand-offs in flight with this one, or 0 if no slot came free."""
-        if not self._free.acquire(timeout=wait_s):
+        with self._changed:
+            if self._take(1, time.monotonic() + wait_s):
+                return self._taken
             return 0
-        with self._count_lock:
-            self._taken += 1
-            return self._taken
+
+    def take_many(self, count: int, wait_s: float) -> int:
+        """Thread side: up to `count` slots, taken as they come free within wait_s; how many."""
+        with self._changed:
+            return self._take(count, time.monotonic() + wait_s)
+
+    def _take(self, count: int, deadline: float) -> int:  # under _changed
+        got = 0
+        while True:
+            grab = min(count - got, self._capacity - self._taken)
+            if grab > 0:
+                self._taken += grab
+                got += grab
+            if got == count:
+                return got
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return got
+            self._changed.wait(remaining)
 
     def free(self, count: int) -> None:
         """Loop side: `count` hand-offs have ended."""
         if not count:
             return
-        with self._count_lock:
+        with self._changed:
+            if count > self._taken:
+                raise ValueError(f"freeing {count} slots, {self._taken} taken")
             self._taken -= count
             none_taken = self._taken == 0
-        self._free.release(count)
+            self._changed.notify(count)
         if none_taken:
             self._none_taken.set()
+
+    @property
+    def taken(self) -> int:
+        """Hand-offs in flight now."""
+        return self._taken
 
     async def wait_none_taken(self) -> None:
         """Loop side: until every slot is free (the shutdown drain)."""
@@ -178,26 +269,24 @@ class Bridge:
 
     def offer_batch(
         self, items: Sequence[tuple[TaskEvent, float | None]], wait_s: float
-    ) -> list[Handoff | None]:
+    ) -> Offered:
         """Thread side: hand a whole batch (a bulk delivery) to the loop in one crossing,
-        in order; one slot per event, all taken within wait_s. Past the first event that
-        found no slot the rest get None too (answer RETRY), so a task's later events never
-        overtake one sent back to daprd. Never acknowledged ahead: the caller waits for
-        every verdict, which the loop gives after the batch's writes.
+        in order; one slot per event, taken in one call within wait_s. Past the first event
+        that found no slot the rest are not offered (answer RETRY), so a task's later events
+        never overtake one sent back to daprd. Never acknowledged ahead: the caller waits
+        once for the whole batch, which the loop answers after the batch's writes.
         """
-        deadline = time.monotonic() + wait_s
-        handoffs: list[Handoff | None] = []
-        for event, published_at in items:
-            if not self._slots.take(max(0.0, deadline - time.monotonic())):
-                break
-            handoffs.append(Handoff(event, published_at, self._known_shares(event)))
-        taken = [h for h in handoffs if h is not None]
-        handoffs.extend([None] * (len(items) - len(handoffs)))
-        if taken:
-            self._inbox.extend(taken)
+        got = self._slots.take_many(len(items), wait_s)
+        done = Completion(got)
+        # No share list looked up here: it only serves to acknowledge ahead, and the loop
+        # reads the cache as it is when it routes.
+        handoffs = [Handoff(event, published_at, None, done) for event, published_at in items[:got]]
+        if handoffs:
+            self._inbox.extend(handoffs)
             if not self._wake():
-                return [None if h is None or h.abandon() else h for h in handoffs]
-        return handoffs
+                # The loop is gone: nothing was taken, nothing will be.
+                done.abandon()
+        return Offered(handoffs, done)
 
     def _known_shares(self, event: TaskEvent) -> tuple[str, ...] | None:
         """The share list the event routes with, if it is cached and the event does not

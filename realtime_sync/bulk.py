@@ -22,7 +22,6 @@ the answer in flight is the smallest seam that keeps the SDK the source of the s
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -96,40 +95,42 @@ class BulkIngest:
         counted = Counter(zip(labels, verdicts, strict=True))
         for (label, verdict), count in counted.items():
             self._metrics.events.labels(label, verdict.value).inc(count)
-        return appcallback_pb2.TopicEventBulkResponse(
-            statuses=[
-                appcallback_pb2.TopicEventBulkResponseEntry(
-                    entry_id=entry.entry_id, status=_STATUS[verdict]
-                )
-                for entry, verdict in zip(entries, verdicts, strict=True)
-            ]
-        )
+        response = appcallback_pb2.TopicEventBulkResponse()
+        add = response.statuses.add  # ~2x cheaper than building each entry, then the list
+        for entry, verdict in zip(entries, verdicts, strict=True):
+            add(entry_id=entry.entry_id, status=_STATUS[verdict])
+        return response
 
     def _admit_entry(self, entry: appcallback_pb2.TopicEventBulkRequestEntry) -> Admission:
         if entry.HasField("cloud_event"):
             event = entry.cloud_event
             # Only these extensions are read; the Struct's own map is ~5x cheaper to read
-            # than the Struct as a Mapping (measured: 0.6 vs 3.3 us an entry).
+            # than the Struct as a Mapping (measured: 0.6 vs 3.3 us an entry), one `get`
+            # a key cheaper than a test then a read.
             fields = event.extensions.fields
-            wanted = {key: fields[key].string_value for key in _READ if key in fields}
+            wanted = {}
+            for key in _READ:
+                value = fields.get(key)
+                if value is not None:
+                    wanted[key] = value.string_value
             return self._admit(event.id, event.data, wanted)
         # A raw-payload entry (not what we subscribe with): its bytes are the data.
         return self._admit(entry.entry_id, entry.bytes, {})
 
     def _route(self, routed: list[tuple[int, Admission]], verdicts: list[Verdict]) -> None:
         items = [(a.event, a.published_at) for _, a in routed if a.event is not None]
-        handoffs = self._bridge.offer_batch(items, self._s.handoff_wait_s)
-        deadline = time.monotonic() + self._s.handler_timeout_s
-        for (index, admission), handoff in zip(routed, handoffs, strict=True):
+        offered = self._bridge.offer_batch(items, self._s.handoff_wait_s)
+        outcomes = offered.verdicts(self._s.handler_timeout_s)
+        for position, (index, admission) in enumerate(routed):
+            verdict = outcomes[position] if position < len(outcomes) else None
+            if verdict is not None:
+                verdicts[index] = verdict
+                continue
             event_id = admission.event.event_id if admission.event is not None else ""
-            if handoff is None:
+            if position >= len(outcomes):
                 log.warning("hand-off queue full; answering RETRY", extra={"event_id": event_id})
-                continue
-            verdict = handoff.outcome(max(0.0, deadline - time.monotonic()))
-            if verdict is None:
+            else:
                 log.warning("routing timed out; answering RETRY", extra={"event_id": event_id})
-                continue
-            verdicts[index] = verdict
 
 
 class BulkSubscription(grpc.ServerInterceptor):

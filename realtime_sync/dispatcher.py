@@ -22,17 +22,20 @@ ROUTE_WORKERS = 32
 
 class Batch:
     """What one pass of routing produced: the frames for each connection, written in one
-    socket write per connection, then the hand-offs that ended, answered after the writes."""
+    socket write per connection, then the hand-offs that ended, answered after the writes.
+    The frames and bytes it sends are counted once for the whole pass."""
 
-    __slots__ = ("encoded", "ended")
+    __slots__ = ("bytes", "encoded", "ended", "frames")
 
     def __init__(self) -> None:
         # Each connection's frames in order, joined once at the flush: appending bytes to
         # bytes would copy the buffer per frame, quadratic in a bulk call's frames.
         self.encoded: dict[ClientConnection, list[bytes]] = {}
         self.ended: list[Handoff] = []
+        self.frames = 0
+        self.bytes = 0
 
-    def flush(self, slots: Slots) -> None:
+    def flush(self, slots: Slots, metrics: Metrics) -> None:
         try:
             for conn, frames in self.encoded.items():
                 conn.send_encoded(frames[0] if len(frames) == 1 else b"".join(frames))
@@ -40,6 +43,9 @@ class Batch:
             for handoff in self.ended:
                 handoff.answer()
             slots.free(len(self.ended))
+            if self.frames:
+                metrics.messages_sent.inc(self.frames)
+                metrics.bytes_sent.inc(self.bytes)
 
 
 class Dispatcher:
@@ -72,7 +78,7 @@ class Dispatcher:
                 else:
                     self._route_or_queue(handoff, batch)
         finally:
-            batch.flush(self._slots)
+            batch.flush(self._slots, self._metrics)
             self._metrics.handoff_depth.set(self._queue.qsize())
 
     def _route_or_queue(self, handoff: Handoff, batch: Batch) -> bool:
@@ -141,8 +147,8 @@ class Dispatcher:
             return
         handoff.verdict = Verdict.SUCCESS
         if sent:
-            self._metrics.messages_sent.inc(sent)
-            self._metrics.bytes_sent.inc(sent_bytes)
+            batch.frames += sent
+            batch.bytes += sent_bytes
             if handoff.published_at is not None:
                 latency = max(0.0, time.time() - handoff.published_at)
                 self._metrics.delivery_latency.observe(latency)
@@ -177,7 +183,7 @@ class Dispatcher:
             finally:
                 batch.ended.append(handoff)
                 self._route_behind(handoff.event.task_key, batch)
-                batch.flush(self._slots)
+                batch.flush(self._slots, self._metrics)
                 queue.task_done()
                 self._metrics.handoff_depth.set(queue.qsize())
 

@@ -106,19 +106,19 @@ def is_task_id(value: object) -> bool:
 
 
 def nested_deeper_than(value: object, limit: int) -> bool:
-    """Whether arrays/objects nest more than `limit` levels in `value` (no recursion)."""
-    pending: list[tuple[object, int]] = [(value, 0)]
+    """Whether arrays/objects nest more than `limit` levels in `value` (no recursion).
+
+    Runs on every event: only containers are queued, so a flat object costs one pass."""
+    if not isinstance(value, dict | list):
+        return False
+    pending: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 0)]
     while pending:
         item, depth = pending.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
         if depth >= limit:
             return True
-        pending.extend((child, depth + 1) for child in children)
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list):
+                pending.append((child, depth + 1))
     return False
 
 
@@ -192,9 +192,12 @@ def parse_event(
     elif not isinstance(metadata, dict):
         raise InvalidEvent("field 'metadata' must be an object")
 
-    for name, value in (("data", data), ("metadata", metadata)):
-        if nested_deeper_than(value, MAX_NESTING):
-            raise InvalidEvent(f"field {name!r} is nested deeper than {MAX_NESTING} levels")
+    # A field nests no deeper than the brackets the whole document opens (those inside
+    # strings only add to the count): when they are few, neither field needs the walk.
+    if raw.count(b"{") + raw.count(b"[") > MAX_NESTING + 1:
+        for name, value in (("data", data), ("metadata", metadata)):
+            if nested_deeper_than(value, MAX_NESTING):
+                raise InvalidEvent(f"field {name!r} is nested deeper than {MAX_NESTING} levels")
 
     shared_with: tuple[str, ...] | None = None
     share_order: ShareOrder | None = None

@@ -11,7 +11,9 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from realtime_sync.bridge import DRAIN_ROUNDS, Bridge, Handoff, Slots
+import pytest
+
+from realtime_sync.bridge import DRAIN_ROUNDS, Bridge, Completion, Handoff, Offered, Slots
 from realtime_sync.core.events import TaskEvent, parse_event
 from realtime_sync.core.outcomes import Verdict
 from realtime_sync.state import ShareLists
@@ -72,6 +74,112 @@ def test_a_thread_waits_out_a_hand_off_the_loop_took() -> None:
         assert h.outcome(0.0) is Verdict.SUCCESS
     finally:
         answered.join()
+
+
+def test_a_hand_off_answered_just_as_the_wait_ran_out_keeps_its_verdict(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop takes and answers the hand-off between the thread's wait running out and
+    its giving up: the thread must answer the verdict, not RETRY for a delivered event."""
+    h = Handoff(event(1), None)
+    real_wait = Completion.wait
+
+    def wait_then_loop_answers(self: Completion, timeout: float | None) -> bool:
+        if timeout is not None:  # the bounded wait runs out as the loop answers
+            assert h.take()
+            h.verdict = Verdict.SUCCESS
+            h.answer()
+            return False
+        return real_wait(self, timeout)
+
+    monkeypatch.setattr(Completion, "wait", wait_then_loop_answers)
+    assert h.outcome(0.0) is Verdict.SUCCESS
+
+
+# --- one completion for a whole bulk batch --------------------------------------------------
+
+
+def test_a_batch_wakes_its_thread_once_every_hand_off_is_answered() -> None:
+    done = Completion(3)
+    handoffs = [Handoff(event(n), None, None, done) for n in range(3)]
+    for h in handoffs:
+        assert h.take()
+    for h in handoffs[:2]:
+        h.verdict = Verdict.SUCCESS
+        h.answer()
+    assert done.wait(0.0) is False  # one still open
+    handoffs[2].verdict = Verdict.DROP
+    handoffs[2].answer()
+    assert Offered(handoffs, done).verdicts(0.0) == [Verdict.SUCCESS, Verdict.SUCCESS, Verdict.DROP]
+
+
+def test_a_batch_given_up_on_before_the_loop_took_any_is_all_retry_and_never_routed() -> None:
+    done = Completion(2)
+    handoffs = [Handoff(event(n), None, None, done) for n in range(2)]
+    assert Offered(handoffs, done).verdicts(0.0) == [None, None]
+    assert not any(h.take() for h in handoffs)
+    for h in handoffs:  # the loop still ends them: no second wake-up (it would raise)
+        h.answer()
+
+
+def test_a_thread_that_gives_up_waits_out_only_the_hand_offs_the_loop_took() -> None:
+    """Two of three taken when the thread's wait runs out: the third is never routed (None:
+    RETRY), the thread waits for the second, and gets both verdicts of the taken ones."""
+    done = Completion(3)
+    first, second, third = (Handoff(event(n), None, None, done) for n in range(3))
+    assert first.take() and second.take()
+    first.verdict = Verdict.SUCCESS
+    first.answer()
+    got: list[list[Verdict | None]] = []
+    thread = threading.Thread(
+        target=lambda: got.append(Offered([first, second, third], done).verdicts(0.0))
+    )
+    thread.start()
+    try:
+        gave_up = threading.Event()
+        while not done.abandoned:  # a condition, not a fixed sleep
+            gave_up.wait(0.001)
+        assert third.take() is False
+        assert not got  # still waiting for the second
+        second.verdict = Verdict.SUCCESS
+        second.answer()
+    finally:
+        thread.join(timeout=30)
+    assert got == [[Verdict.SUCCESS, Verdict.SUCCESS, None]]
+
+
+# --- the slots -----------------------------------------------------------------------------
+
+
+def test_a_batch_takes_what_is_free_in_one_call_and_the_bound_is_exact() -> None:
+    slots = Slots(3)
+    assert slots.take_many(5, 0.0) == 3
+    assert slots.take(0.0) == 0
+    assert slots.take_many(1, 0.0) == 0
+    slots.free(2)
+    assert slots.take_many(4, 0.0) == 2
+    assert slots.taken == 3
+    assert slots.take_many(0, 30.0) == 0  # nothing asked, nothing waited for
+
+
+def test_a_batch_waiting_for_slots_gets_those_freed_before_its_deadline() -> None:
+    slots = Slots(2)
+    assert slots.take(0.0) == 1
+    got: list[int] = []
+    thread = threading.Thread(target=lambda: got.append(slots.take_many(2, 30.0)))
+    thread.start()
+    slots.free(1)  # whether the thread is waiting yet or not, it gets this slot
+    thread.join(timeout=30)
+    assert got == [2]
+    assert slots.taken == 2
+
+
+def test_freeing_more_slots_than_were_taken_is_refused() -> None:
+    slots = Slots(2)
+    assert slots.take(0.0) == 1
+    with pytest.raises(ValueError, match="freeing 2 slots"):
+        slots.free(2)
+    assert slots.taken == 1
 
 
 # --- the bound and acknowledging ahead ---------------------------------------------------
@@ -183,9 +291,11 @@ async def test_a_steady_stream_of_hand_offs_leaves_the_loop_to_other_callbacks()
 # --- a bulk delivery: one crossing per batch ----------------------------------------------
 
 
-async def test_a_batch_crosses_in_one_wake_up_in_order_and_past_a_full_bound_gets_none() -> None:
+async def test_a_batch_crosses_in_one_wake_up_in_order_and_past_a_full_bound_is_not_offered() -> (
+    None
+):
     """Three slots, a batch of five: the first three reach the loop in one routing round, in
-    order, never acknowledged ahead; the other two find no slot and get None (RETRY), so no
+    order, never acknowledged ahead; the other two find no slot and are not offered (RETRY), so no
     later event of the batch overtakes one sent back to daprd."""
     slots = Slots(3)
     shares = ShareLists(cast(Any, None), cache_s=60.0, clock=time.monotonic)
@@ -206,10 +316,10 @@ async def test_a_batch_crosses_in_one_wake_up_in_order_and_past_a_full_bound_get
 
     bridge = Bridge(slots=slots, shares=shares, ack_ahead=128, route=route)
     items = [(event(n), None) for n in range(5)]
-    handoffs = await asyncio.to_thread(bridge.offer_batch, items, 0.0)
-    assert [h is not None for h in handoffs] == [True, True, True, False, False]
-    assert not any(h.acked for h in handoffs if h is not None)
+    offered = await asyncio.to_thread(bridge.offer_batch, items, 0.0)
+    assert len(offered.handoffs) == 3
+    assert not any(h.acked for h in offered.handoffs)
     await routed.wait()
     assert rounds == [[items[n][0].event_id for n in range(3)]]
-    assert [h.outcome(1.0) for h in handoffs if h is not None] == [Verdict.SUCCESS] * 3
+    assert offered.verdicts(1.0) == [Verdict.SUCCESS] * 3
     await bridge.wait_idle()

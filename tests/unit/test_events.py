@@ -585,6 +585,23 @@ def test_data_nested_up_to_the_bound_becomes_a_frame() -> None:
     assert orjson.loads(encode_update(event))["data"] == {"x": _nested(MAX_NESTING - 1)}
 
 
+@pytest.mark.parametrize("field", ["data", "metadata"])
+@pytest.mark.parametrize("levels", [MAX_NESTING - 2, MAX_NESTING - 1, MAX_NESTING, MAX_NESTING + 1])
+def test_the_nesting_bound_is_the_same_when_brackets_are_few_or_many(
+    field: str, levels: int
+) -> None:
+    """The walk is skipped when the document opens few brackets: the bound must not move,
+    with or without brackets inside strings adding to the count."""
+    value = {"x": _nested(levels)}
+    too_deep = nested_deeper_than(value, MAX_NESTING)
+    for padding in ("", "[{" * MAX_NESTING):
+        raw = orjson.dumps(_event(**{field: value}, title=padding))
+        if too_deep:
+            assert f"'{field}' is nested deeper than {MAX_NESTING} levels" in _reason(raw)
+        else:
+            assert getattr(_parse_raw(raw), field) == value
+
+
 def test_nested_deeper_than_counts_levels_of_arrays_and_objects() -> None:
     assert not nested_deeper_than({"a": [1, {"b": 2}]}, 3)
     assert nested_deeper_than({"a": [1, {"b": []}]}, 3)
