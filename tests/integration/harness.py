@@ -184,6 +184,18 @@ class SidecarProcess:
         except urllib.error.HTTPError as exc:
             return HttpReply(exc.code, exc.read(), dict(exc.headers))
 
+    def invoke(
+        self, method: str, body: bytes | Mapping[str, Any], *, app_id: str = "realtime-sync"
+    ) -> HttpReply:
+        """Service invocation of the app's `method` through the HTTP API (JSON body)."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return self.request(
+            "POST",
+            f"/v1.0/invoke/{app_id}/method/{method}",
+            data,
+            headers={"Content-Type": "application/json"},
+        )
+
     def publish(
         self,
         topic: str,

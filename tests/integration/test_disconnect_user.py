@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.error
-import urllib.request
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -30,15 +28,8 @@ BYSTANDER = "cut-bystander"
 
 
 def invoke(sidecar: SidecarProcess, method: str, body: bytes) -> tuple[int, bytes]:
-    url = f"http://127.0.0.1:{sidecar.http_port}/v1.0/invoke/realtime-sync/method/{method}"
-    request = urllib.request.Request(
-        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+    reply = sidecar.invoke(method, body)
+    return reply.status, reply.body
 
 
 async def close_code_of(service: ServiceProcess, token: str) -> int | None:

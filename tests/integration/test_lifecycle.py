@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import signal
 import time
-import urllib.error
-import urllib.request
 from typing import Any, cast
 
 import grpc
@@ -157,15 +155,8 @@ def test_on_topic_event_answers_drop_for_bad_data_and_success_for_good(
 
 
 def invoke(stack: ServiceProcess, method: str, body: bytes) -> tuple[int, bytes]:
-    url = f"http://127.0.0.1:{stack.sidecar.http_port}/v1.0/invoke/realtime-sync/method/{method}"
-    request = urllib.request.Request(
-        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+    reply = stack.sidecar.invoke(method, body)
+    return reply.status, reply.body
 
 
 async def test_set_task_shares_stores_the_list_and_routes_at_once(stack: ServiceProcess) -> None:

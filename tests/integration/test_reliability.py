@@ -8,8 +8,6 @@ import os
 import signal
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -332,15 +330,8 @@ async def test_handshakes_past_the_total_limit_get_503() -> None:
 
 
 def invoke(stack: ServiceProcess, method: str, body: dict[str, Any]) -> tuple[int, Any]:
-    url = f"http://127.0.0.1:{stack.sidecar.http_port}/v1.0/invoke/realtime-sync/method/{method}"
-    request = urllib.request.Request(
-        url, data=orjson.dumps(body), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            return resp.status, orjson.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+    reply = stack.sidecar.invoke(method, body)
+    return reply.status, orjson.loads(reply.body) if reply.status == 200 else reply.body
 
 
 async def test_get_presence_lists_a_users_open_connections(limited: ServiceProcess) -> None:

@@ -4,8 +4,6 @@ bound): ordered changes, owner-bound lists, revocation pushed and kept out of re
 from __future__ import annotations
 
 import asyncio
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,15 +43,8 @@ def private(owner: str, task: int | str, eid: str) -> dict[str, Any]:
 
 
 def invoke(stack: ServiceProcess, method: str, body: dict[str, Any]) -> tuple[int, bytes]:
-    url = f"http://127.0.0.1:{stack.sidecar.http_port}/v1.0/invoke/realtime-sync/method/{method}"
-    request = urllib.request.Request(
-        url, data=orjson.dumps(body), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+    reply = stack.sidecar.invoke(method, body)
+    return reply.status, reply.body
 
 
 async def frames_until(
