@@ -121,14 +121,19 @@ class Dispatcher:
         who lost access), and remember its id; a crash answers RETRY."""
         event = handoff.event
         hub = self._hub
+        published_at = handoff.published_at
         try:
             sent = sent_bytes = 0
             if event.pushed:
-                payload, encoded, targets = fan_out(event, shared, hub.registry, hub.buffers, now)
+                payload, encoded, targets = fan_out(
+                    event, shared, hub.registry, hub.buffers, now, published_at=published_at
+                )
                 sent = self._queue_frames(batch, encoded, targets)
                 sent_bytes = sent * len(payload)
             if revoked:
-                encoded, targets = revoke(event, revoked, hub.registry, hub.buffers, now)
+                encoded, targets = revoke(
+                    event, revoked, hub.registry, hub.buffers, now, published_at=published_at
+                )
                 told = self._queue_frames(batch, encoded, targets)
                 self._metrics.revocations_sent.inc(told)
                 log.info(

@@ -11,7 +11,16 @@ from realtime_sync.connection import ClientConnection
 from realtime_sync.core.dedupe import SeenIds
 from realtime_sync.core.outcomes import CloseCode
 from realtime_sync.core.protocol import Subscribe
-from realtime_sync.core.resume import DEFAULT_MAX_BYTES, DEFAULT_MAX_USERS, ResumeBuffers
+from realtime_sync.core.resume import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_USERS,
+    REORDER_MARGIN_EVENTS,
+    REORDER_MARGIN_S,
+    Replay,
+    ResumeBuffers,
+    Resync,
+    ResyncReason,
+)
 from realtime_sync.core.routing import Registry
 from realtime_sync.metrics import Metrics
 from realtime_sync.state import ResumeSnapshots, StateUnavailable
@@ -34,6 +43,8 @@ class Hub:
         resume_max_events: int,
         resume_max_users: int = DEFAULT_MAX_USERS,
         resume_max_bytes: int = DEFAULT_MAX_BYTES,
+        resume_margin_s: float = REORDER_MARGIN_S,
+        resume_margin_events: int = REORDER_MARGIN_EVENTS,
         snapshots: ResumeSnapshots | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -45,6 +56,9 @@ class Hub:
             max_users=resume_max_users,
             max_bytes=resume_max_bytes,
             on_evict=lambda bound: metrics.resume_evictions.labels(bound.value).inc(),
+            started_at=clock(),
+            margin_s=resume_margin_s,
+            margin_events=resume_margin_events,
         )
         self.snapshots = snapshots
         self.metrics = metrics
@@ -55,12 +69,16 @@ class Hub:
         conn: ClientConnection,
         msg: Subscribe,
         may_read_store: Callable[[], bool] = lambda: True,
-    ) -> list[bytes] | None:
-        """The payloads this connection missed after msg.since for this subscription, or None.
+    ) -> list[bytes] | Resync:
+        """The frames this connection must be sent for msg.since (see `core.resume`), or
+        why it must resync.
 
-        On a miss, a snapshot saved by a previous run of the service (at its shutdown) is
-        merged in first, so clients resume across a restart, if `may_read_store` allows
-        the state read (the connection's rate of such reads).
+        If this run's own history does not reach back far enough, a snapshot saved by a
+        previous run of the service (at its shutdown) is merged in first, so clients
+        resume across a restart, if `may_read_store` allows the state read (the
+        connection's rate of such reads). The last replay is taken after the last await:
+        the caller registers the subscription in the same loop step, so every event routed
+        later reaches the connection live.
         """
         assert msg.since is not None
         wanted = msg.task_key
@@ -68,24 +86,34 @@ class Hub:
         def matches(task_key: str) -> bool:
             return wanted is None or task_key == wanted
 
-        payloads = self.buffers.since(conn.user_id, msg.since, self.clock(), matches)
-        if payloads is None and self.snapshots is not None:
+        def replay() -> Replay | Resync:
+            return self.buffers.replay(
+                conn.user_id, msg.since, msg.since_time, self.clock(), matches
+            )
+
+        answer = replay()
+        if (
+            isinstance(answer, Resync)
+            and answer.reason is not ResyncReason.HOLE
+            and self.snapshots is not None
+        ):
             if not may_read_store():
                 self.metrics.limits_hit.labels("since_lookups").inc()
                 self.metrics.resume.labels("not_recovered").inc()
-                return None
+                return answer
             try:
                 older = await self.snapshots.load(conn.user_id)
             except StateUnavailable as exc:
                 log.warning("resume snapshot unreadable", extra={"reason": str(exc)})
-                older = []
-            if older:
+                older = None
+            if older is not None and older.entries:
                 # Look again even if nothing was added: another connection of the user
                 # may have restored the same snapshot while this one was reading it.
-                self.buffers.restore(conn.user_id, older, self.clock())
-                payloads = self.buffers.since(conn.user_id, msg.since, self.clock(), matches)
-        self.metrics.resume.labels("recovered" if payloads is not None else "not_recovered").inc()
-        return payloads
+                self.buffers.restore(conn.user_id, older.entries, self.clock(), older.floor)
+            answer = replay()  # after the await: what was routed meanwhile is in it
+        recovered = isinstance(answer, Replay)
+        self.metrics.resume.labels("recovered" if recovered else "not_recovered").inc()
+        return answer.frames if isinstance(answer, Replay) else answer
 
     async def save_snapshots(self) -> int:
         """Save the resume buffers of the users connected now (called by the drain)."""
@@ -93,7 +121,9 @@ class Hub:
             return 0
         now = self.clock()
         users = {c.user_id for c in self.registry}
-        return await self.snapshots.save({u: self.buffers.entries(u, now) for u in users})
+        return await self.snapshots.save(
+            {u: (self.buffers.entries(u, now), self.buffers.floor(u)) for u in users}
+        )
 
     # -- connections -------------------------------------------------------------------
 

@@ -75,6 +75,8 @@ class Service:
             resume_max_events=s.resume_max_events,
             resume_max_users=s.resume_max_users,
             resume_max_bytes=s.resume_max_bytes,
+            resume_margin_s=s.resume_margin_s,
+            resume_margin_events=s.resume_margin_events,
             snapshots=snapshots,
         )
         slots = Slots(s.handoff_queue)
@@ -158,8 +160,9 @@ class Service:
                 background += [
                     tg.create_task(hub.run()),
                     tg.create_task(dispatcher.run()),
-                    tg.create_task(self._connect_state(state, records, snapshots)),
+                    tg.create_task(self._connect_state(state, records, snapshots, hub)),
                     tg.create_task(records.run()),
+                    tg.create_task(snapshots.keep_run_noted()),
                     tg.create_task(self._probe_sidecar()),
                 ]
                 await self.stopping.wait()
@@ -221,9 +224,14 @@ class Service:
         log.info("drained", extra={"seconds": round(time.monotonic() - started, 2)})
 
     async def _connect_state(
-        self, state: DaprState, records: ConnectionRecords, snapshots: ResumeSnapshots
+        self, state: DaprState, records: ConnectionRecords, snapshots: ResumeSnapshots, hub: Hub
     ) -> None:
         await state.connect(self._sidecar_outbound_ready)
+        try:
+            if not await snapshots.note_run():
+                hub.buffers.first_run()  # no earlier run's acknowledged events to miss
+        except StateUnavailable as exc:  # then resumes near this run's start resync
+            log.warning("earlier runs not checked", extra={"reason": str(exc)})
         try:
             claimed = await snapshots.claim_handover()
         except StateUnavailable as exc:  # then only overlapping snapshots are merged
