@@ -101,9 +101,11 @@ export type ConnectionState = "connecting" | "connected" | "reconnecting" | "res
  * - 1001 the server is shutting down: reconnect with backoff, resume with `since`;
  * - 1009 a client frame was larger than the server's MAX_FRAME_BYTES;
  * - 4001 missing, invalid or expired token; 4002 token expired on a live connection;
- * - 4008 slow consumer; 4029 too many connections or frames: back off.
+ * - 4008 slow consumer; 4029 too many connections or frames: back off;
+ * - 4010 an event for this user was acknowledged but lost: reconnect and resume, the server
+ *   answers `resync_required` (reason `hole`).
  */
-export type CloseCode = 1000 | 1001 | 1006 | 1009 | 4000 | 4001 | 4002 | 4003 | 4008 | 4029;
+export type CloseCode = 1000 | 1001 | 1006 | 1009 | 4000 | 4001 | 4002 | 4003 | 4008 | 4010 | 4029;
 
 /** The close codes the server sends, by name (the server's `CloseCode` table). */
 export declare const CloseCode: {
@@ -113,6 +115,7 @@ export declare const CloseCode: {
   readonly TOKEN_EXPIRED: 4002;
   readonly ACCESS_REVOKED: 4003;
   readonly SLOW_CONSUMER: 4008;
+  readonly EVENTS_LOST: 4010;
   readonly TOO_MANY: 4029;
 };
 

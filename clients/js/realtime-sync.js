@@ -38,6 +38,7 @@ export const CloseCode = Object.freeze({
   TOKEN_EXPIRED: 4002,
   ACCESS_REVOKED: 4003,
   SLOW_CONSUMER: 4008,
+  EVENTS_LOST: 4010,
   TOO_MANY: 4029,
 });
 /** Close codes after which the same token must not be sent again. */

@@ -12,9 +12,11 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
+import pytest
 
 from realtime_sync.core.events import TaskEvent, parse_event
-from realtime_sync.core.outcomes import Verdict
+from realtime_sync.core.outcomes import CloseCode, Verdict
+from realtime_sync.core.resume import Resync, ResyncReason
 from realtime_sync.core.routing import Subscriptions
 from realtime_sync.core.shares import ShareOrder, ShareRecord, share_key
 from realtime_sync.core.wire import split_text_frames
@@ -237,3 +239,54 @@ async def test_a_list_of_another_owner_is_not_used_and_is_counted(
     assert owner.got == ["e1"]
     assert bob.got == []
     assert sample(d, "realtime_sync_share_owner_mismatch_total") == 1
+
+
+# --- an event acknowledged ahead that cannot be routed -----------------------------------
+
+
+class ClosableConn(Conn):
+    def __init__(self, connection_id: str, user_id: str, d: Delivery) -> None:
+        super().__init__(connection_id, user_id)
+        self.closed_with: int | None = None
+        self._hub = d.hub
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed_with = code
+        self.close_code = cast(Any, code)
+        self._hub.unregister(cast(Any, self))
+
+
+async def test_an_acked_event_whose_routing_crashes_is_never_silently_lost(
+    make_delivery: MakeDelivery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dapr already has SUCCESS for it, so the RETRY is not heard: its users' next resume
+    from before it answers resync_required (hole), their live connections close with 4010
+    so they resume now, and the loss is counted. A user it was not for is untouched."""
+    d = make_delivery(ack_ahead=4)
+    d.hub.buffers.first_run()
+    know_shares(d, "owner", 7, ("bob",))
+    bob = ClosableConn("c-bob", "bob", d)
+    carol = ClosableConn("c-carol", "carol", d)
+    for conn in (bob, carol):
+        d.hub.register(cast(Any, conn))
+    [first] = await offer_from_a_thread(d, event(1))
+    await d.bridge.wait_idle()
+    assert first.acked and bob.got == ["e1"]
+
+    def crash(*_: object, **__: object) -> None:
+        raise RuntimeError("routing bug")
+
+    monkeypatch.setattr("realtime_sync.dispatcher.fan_out", crash)
+    [lost] = await offer_from_a_thread(d, event(2))
+    await d.bridge.wait_idle()
+    assert lost.acked  # the thread answered SUCCESS before the crash
+    now = d.hub.clock()
+    for user in ("owner", "bob"):
+        answer = d.hub.buffers.replay(user, "e1", None, now, lambda _: True)
+        assert answer == Resync(ResyncReason.HOLE), user
+    assert bob.closed_with == CloseCode.EVENTS_LOST
+    assert carol.closed_with is None
+    lost_total = d.metrics.registry.get_sample_value(
+        "realtime_sync_events_lost_total", {"stage": "routing"}
+    )
+    assert lost_total == 1.0
