@@ -56,6 +56,7 @@ class Handoff:
     claim: Claim = Claim.PENDING
     # A share-list change's outcome, set by the loop (read by `set_task_shares`).
     applied: Applied | None = None
+    answered: bool = False
 
     def abandon(self) -> bool:
         """Thread side, after its wait ran out: True if the loop never took it."""
@@ -75,6 +76,7 @@ class Handoff:
 
     def answer(self) -> None:
         """Loop side: `verdict` is final; wakes the waiting handler thread."""
+        self.answered = True
         self.done.release()
 
     def wait(self, timeout: float | None) -> Verdict | None:
@@ -127,6 +129,10 @@ class Slots:
         if none_taken:
             self._none_taken.set()
 
+    @property
+    def taken(self) -> int:
+        return self._taken
+
     async def wait_none_taken(self) -> None:
         """Loop side: until every slot is free (the shutdown drain)."""
         while self._taken:
@@ -156,6 +162,9 @@ class Bridge:
         self._loop = asyncio.get_running_loop()
         self._inbox: deque[Handoff] = deque()
         self._wake_pending = False
+        # Hand-offs acknowledged ahead, until seen answered (at most `ack_ahead` are not).
+        self._acked: list[Handoff] = []
+        self._acked_lock = threading.Lock()
 
     def offer(self, event: TaskEvent, published_at: float | None, wait_s: float) -> Handoff | None:
         """Thread side: hand the event to the loop, waiting up to wait_s for a slot.
@@ -171,6 +180,10 @@ class Bridge:
         shared = self._known_shares(event)
         handoff = Handoff(event, published_at, shared)
         handoff.acked = shared is not None and in_flight <= self._ack_ahead
+        if handoff.acked:
+            with self._acked_lock:
+                self._acked = [h for h in self._acked if not h.answered]
+                self._acked.append(handoff)
         self._inbox.append(handoff)
         if not self._wake():
             return None if handoff.abandon() else handoff
@@ -239,3 +252,14 @@ class Bridge:
     async def wait_idle(self) -> None:
         """Until every hand-off offered so far has been answered (the shutdown drain)."""
         await self._slots.wait_none_taken()
+
+    @property
+    def in_flight(self) -> int:
+        """Hand-offs offered and not yet answered or dropped."""
+        return self._slots.taken
+
+    def acked_unanswered(self) -> list[Handoff]:
+        """Hand-offs acknowledged ahead (Dapr has SUCCESS) that the loop has not answered
+        yet: if the process stopped now, these events would be lost."""
+        with self._acked_lock:
+            return [h for h in self._acked if not h.answered]

@@ -10,7 +10,7 @@ from collections import deque
 from realtime_sync.bridge import Handoff, Slots
 from realtime_sync.connection import ClientConnection
 from realtime_sync.core.fanout import fan_out, recipients, revoke
-from realtime_sync.core.outcomes import CloseCode, Verdict
+from realtime_sync.core.outcomes import Verdict
 from realtime_sync.hub import Hub
 from realtime_sync.metrics import Metrics
 from realtime_sync.state import ConflictError, ShareLists, StateUnavailable
@@ -148,7 +148,7 @@ class Dispatcher:
                 )
                 return
             log.exception("routing crashed after SUCCESS", extra={"event_id": event.event_id})
-            self._lost(handoff, (*recipients(event.user_id, shared), *revoked), now)
+            self._lost(handoff, (*recipients(event.user_id, shared), *revoked))
             return
         handoff.verdict = Verdict.SUCCESS
         if sent:
@@ -158,23 +158,13 @@ class Dispatcher:
                 latency = max(0.0, time.time() - handoff.published_at)
                 self._metrics.delivery_latency.observe(latency)
 
-    def _lost(self, handoff: Handoff, users: tuple[str, ...], now: float) -> None:
+    def _lost(self, handoff: Handoff, users: tuple[str, ...]) -> None:
         """Dapr already has SUCCESS for this event (acknowledged ahead), so the RETRY is
-        not heard and the event is gone. Its users are told: their next resume here from
-        before it answers `resync_required` (`hole`), and their live connections close
-        with 4010 so they resume now. Counted in `realtime_sync_events_lost_total`."""
-        lost_for = tuple(dict.fromkeys(users))
-        for user in lost_for:
-            self._hub.buffers.mark_hole(user, now)
-        closed = 0
-        for user in lost_for:
-            for conn in self._hub.registry.of_user(user):
-                conn.close(CloseCode.EVENTS_LOST, "an event was lost: resume")
-                closed += 1
-        self._metrics.events_lost.labels("routing").inc()
+        not heard and the event is gone: its users are told (`Hub.events_lost`)."""
+        closed = self._hub.events_lost(users, 1, "routing")
         log.error(
             "acknowledged event lost; its users resync on their next resume",
-            extra={"event_id": handoff.event.event_id, "users": len(lost_for), "closed": closed},
+            extra={"event_id": handoff.event.event_id, "users": len(users), "closed": closed},
         )
 
     @staticmethod

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Literal
 
+from realtime_sync.bridge import Bridge
 from realtime_sync.connection import ClientConnection
 from realtime_sync.core.dedupe import SeenIds
 from realtime_sync.core.outcomes import CloseCode
@@ -27,6 +29,8 @@ from realtime_sync.state import ResumeSnapshots, StateUnavailable
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_S = 5.0
+# Where an acknowledged event was lost: a routing crash, or the SIGTERM drain's deadline.
+LostStage = Literal["routing", "drain"]
 
 
 class Hub:
@@ -115,15 +119,61 @@ class Hub:
         self.metrics.resume.labels("recovered" if recovered else "not_recovered").inc()
         return answer.frames if isinstance(answer, Replay) else answer
 
-    async def save_snapshots(self) -> int:
-        """Save the resume buffers of the users connected now (called by the drain)."""
+    async def save_snapshots(self, *, handover: bool = True) -> int:
+        """Save the resume buffers of the users connected now (called by the drain).
+        Without `handover` (the drain left acknowledged events unrouted) the next run on
+        this instance does not take them as its own history: it answers resync for the
+        span instead of a replay with those events missing."""
         if self.snapshots is None:
             return 0
         now = self.clock()
         users = {c.user_id for c in self.registry}
         return await self.snapshots.save(
-            {u: (self.buffers.entries(u, now), self.buffers.floor(u)) for u in users}
+            {u: (self.buffers.entries(u, now), self.buffers.floor(u)) for u in users},
+            handover=handover,
         )
+
+    def events_lost(self, users: Iterable[str], events: int, stage: LostStage) -> int:
+        """`events` events for `users` were answered SUCCESS to Dapr but never routed: the
+        users' next resume here from before now answers `resync_required` (`hole`), their
+        live connections close with 4010 so they resume at once, and the loss is counted.
+        Returns how many connections were closed."""
+        now = self.clock()
+        closed = 0
+        for user in dict.fromkeys(users):
+            self.buffers.mark_hole(user, now)
+            for conn in self.registry.of_user(user):
+                conn.close(CloseCode.EVENTS_LOST, "an event was lost: resume")
+                closed += 1
+        self.metrics.events_lost.labels(stage).inc(events)
+        return closed
+
+    async def drain(self, bridge: Bridge, timeout_s: float) -> bool:
+        """The shutdown drain of the event path: wait up to `timeout_s` for every hand-off
+        to be answered. True if they all were; otherwise what was acknowledged ahead and
+        not routed is lost: said in the log, counted (`stage="drain"`) and marked for its
+        users (`events_lost`), and False (then the snapshots are saved without a hand-over).
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                await bridge.wait_idle()
+        except TimeoutError:
+            pass
+        else:
+            return True
+        lost = bridge.acked_unanswered()
+        users = [u for h in lost for u in (h.event.user_id, *(h.shared or ()))]
+        closed = self.events_lost(users, len(lost), "drain") if lost else 0
+        log.error(
+            "drain ran out of time; acknowledged events left unrouted are lost",
+            extra={
+                "in_flight": bridge.in_flight,
+                "acknowledged_lost": len(lost),
+                "event_ids": [h.event.event_id for h in lost][:20],
+                "closed": closed,
+            },
+        )
+        return False
 
     # -- connections -------------------------------------------------------------------
 

@@ -198,12 +198,10 @@ class Service:
         # stay up only while the app is healthy (block-shutdown).
         if not await asyncio.to_thread(subscriber.in_flight.wait_idle, left(GRPC_GRACE_S)):
             log.warning("deliveries still in flight after the gRPC grace period")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(left(3)):
-                await bridge.wait_idle()
+        drained = await hub.drain(bridge, left(3))
         try:
             async with asyncio.timeout(left(3)):
-                saved = await hub.save_snapshots()
+                saved = await hub.save_snapshots(handover=drained)
             log.info("resume buffers saved", extra={"users": saved})
         except (TimeoutError, StateUnavailable) as exc:
             log.warning("resume buffers not saved", extra={"reason": str(exc) or "timeout"})

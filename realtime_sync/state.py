@@ -438,8 +438,12 @@ class ResumeSnapshots:
             self.claimed = value["generation"]
         return self.claimed
 
-    async def save(self, snapshots: dict[str, tuple[list[Buffered], float | None]]) -> int:
-        """Save each user's entries with how far back their history reaches."""
+    async def save(
+        self, snapshots: dict[str, tuple[list[Buffered], float | None]], *, handover: bool = True
+    ) -> int:
+        """Save each user's entries with how far back their history reaches, then the
+        hand-over, unless `handover` is False (this run's history has a hole: the next run
+        must not take the snapshots as contiguous)."""
         now = self._clock()
         items = [
             (
@@ -453,8 +457,9 @@ class ResumeSnapshots:
         ]
         for start in range(0, len(items), self.BATCH):
             await self._state.save_many(items[start : start + self.BATCH], ttl_s=self._ttl)
-        handover = orjson.dumps({"generation": self.generation, "saved_at": now})
-        await self._state.save_many([(self._handover_key, handover)], ttl_s=self._ttl)
+        if handover:
+            record = orjson.dumps({"generation": self.generation, "saved_at": now})
+            await self._state.save_many([(self._handover_key, record)], ttl_s=self._ttl)
         return len(items)
 
     async def load(self, user_id: str) -> Snapshot | None:
