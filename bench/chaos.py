@@ -195,7 +195,9 @@ class Replica:
 
     def start_sidecar(self) -> None:
         self.sidecar.start()
-        _wait(lambda: http_status(f"{self.sidecar_url}/v1.0/healthz") == 204, 20, self.name)
+        _wait(
+            lambda: http_status(f"{self.sidecar_url}/v1.0/healthz/outbound") == 204, 20, self.name
+        )
 
     def start_service(self) -> None:
         """Start a run and wait until it is ready (blocking: call in a thread)."""
