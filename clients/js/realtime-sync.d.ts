@@ -35,6 +35,9 @@ export interface TaskUpdate {
   /** ISO 8601. */
   readonly timestamp: string;
   readonly metadata: Readonly<Record<string, unknown>> | null;
+  /** When the event was published (Unix seconds, the same on every replica); the client
+   * sends the last one as `since_time` when it resumes. Absent if the envelope had none. */
+  readonly published_at?: number;
 }
 
 /** The user lost access to a task (no longer shared with them): drop it and any copy
@@ -47,10 +50,17 @@ export interface AccessRevoked {
   readonly task_id: TaskId;
 }
 
+/** Why the server could not replay: `since` unknown here and no `since_time`
+ * (`unknown_position`), the history it needs was trimmed or predates this replica's run
+ * (`window_ended`), or an event for the user was acknowledged but lost (`hole`). */
+export type ResyncReason = "unknown_position" | "window_ended" | "hole";
+
 /** The server could not replay what was missed since `since`: refetch from the task API. */
 export interface ResyncRequired {
   readonly type: "resync_required";
   readonly since: string;
+  /** Absent from servers older than the reason. */
+  readonly reason?: ResyncReason;
   readonly all?: true;
   readonly taskId?: TaskId;
   readonly id?: MessageId;
@@ -326,6 +336,8 @@ export declare class RealtimeSyncClient extends EventTarget {
   readonly policy: ClientPolicy;
   /** The last event id seen: the `since` of the next subscribe. */
   lastEventId: string | null;
+  /** That event's `published_at`: the `since_time` of the next subscribe. */
+  lastEventTime: number | null;
 
   /** Start connecting (idempotent). */
   start(): this;
