@@ -502,3 +502,18 @@ def test_eviction_memory_is_bounded_and_still_blocks_forgotten_users() -> None:
     # user-0..3 were evicted; only the latest one or two evictions are remembered.
     assert buffers.restore("user-0", [_entry(100, at=0.5)], now=10.0) == 0
     assert buffers.restore("user-9", [_entry(101, at=0.5)], now=10.0) == 0
+
+
+def test_blanked_entries_are_accounted_and_trimmed_like_any_other() -> None:
+    """A frame blanked by a revocation still leaves the buffer by age or count, and the
+    byte count follows (before, trimming a blanked entry raised KeyError in append)."""
+    buffers = ResumeBuffers(window_s=10, max_events=2)
+    shared = Buffered("e1", "t", b"x" * 1_000, 1.0)
+    buffers.append("alice", shared)
+    buffers.append("bob", shared)
+    assert buffers.forget("bob", "t", lambda _frame: True) == 1
+    assert buffers.byte_count == 1_000 + 2 * (USER_COST_BYTES + ENTRY_COST_BYTES)
+    buffers.append("bob", _entry(2, at=2.0))
+    buffers.append("bob", _entry(3, at=3.0))  # the blanked e1 leaves by count
+    buffers.purge(100.0)
+    assert (buffers.user_count, buffers.byte_count) == (0, 0)
