@@ -38,10 +38,13 @@ answered only when that cannot be promised:
 
 * `unknown_position`: `since` is not buffered here and the client sent no `since_time`;
 * `window_ended`: the span the replay must cover reaches back past this replica's history
-  for the user (entries trimmed by age or count, or this run started later and an earlier
-  run behind the same sidecar may have acknowledged events in that span);
+  for the user (entries trimmed by age or count, the user's whole buffer evicted by the
+  total bounds, or this run started later and an earlier run behind the same sidecar may
+  have acknowledged events in that span);
 * `hole`: an event for the user was acknowledged to Dapr but never buffered or written
   (`mark_hole`) at or after the start of that span.
+
+Frames blanked by a revocation (`forget`) are never replayed; their ids still anchor.
 """
 
 from __future__ import annotations
