@@ -2,10 +2,16 @@
 
 Runs the dev sidecar and the service as processes, opens CONNECTIONS WebSocket clients
 (2 per user, all subscribed to everything) in a separate client process, and publishes
-RATE events/s through the sidecar's Dapr publish API: each event owned by a random user
-and shared with two others (the "personal" shape: 6 frames per event). At the end it
-prints lost and duplicated deliveries, latency percentiles (publish → receipt, measured
-in the client process) and the service's RSS at the start and the end.
+RATE events/s through the sidecar's Dapr publish API: each event is of one of TASKS tasks,
+each owned by a random user and shared with two others (the "personal" shape: 6 frames per
+event). Each task's share list is published once, before the timed phase; the events after
+it carry no `metadata.shared_with`, so the service routes them by its cached list and, with
+one delivery per call (`--delivery single`, the default here: BULK_SUBSCRIBE=false),
+answers SUCCESS before writing them (ACK_AHEAD): the path a crash can cost. At the end it
+prints lost and duplicated deliveries, how many events were acknowledged ahead (the
+service's `realtime_sync_events_acked_ahead_total`) and lost after SUCCESS
+(`realtime_sync_events_lost_total`), latency percentiles (publish → receipt, measured in
+the client process) and the service's RSS at the start and the end.
 
     .venv/bin/python bench/soak.py --connections 2000 --rate 200 --duration 600
 
@@ -58,6 +64,17 @@ def wait_http(url: str, timeout: float) -> None:
             pass
         time.sleep(0.2)
     raise SystemExit(f"not ready in time: {url}")
+
+
+def metric_sum(url: str, name: str) -> float:
+    """The sum of a metric's samples (all labels) on the service's /metrics."""
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name)] in " {":
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def raise_fd_limit() -> None:
@@ -130,6 +147,13 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="events per second")
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of publishing")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds to wait at the end")
+    parser.add_argument("--tasks", type=int, default=1000, help="tasks the events are of")
+    parser.add_argument(
+        "--delivery",
+        choices=("single", "bulk"),
+        default="single",
+        help="single: one event per call, known tasks acknowledged ahead; bulk: BULK_SUBSCRIBE",
+    )
     args = parser.parse_args()
     raise_fd_limit()
     sys.path.insert(0, str(ROOT))
@@ -150,6 +174,7 @@ def main() -> int:
             "DAPR_GRPC_PORT": str(grpc_port),
             "LOG_LEVEL": "warning",
             "MAX_CONNECTIONS": str(args.connections + 100),
+            "BULK_SUBSCRIBE": "true" if args.delivery == "bulk" else "false",
         }
     )
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
@@ -196,7 +221,10 @@ def main() -> int:
 
         expected: dict[str, list[str]] = {}
         url = f"http://127.0.0.1:{http_port}/v1.0/publish/pubsub/task-updates"
+        metrics_url = f"http://127.0.0.1:{ws_port}/metrics"
         rng = random.Random(7)
+        # Each task: its owner and the two users it is shared with, fixed for the run.
+        tasks = [tuple(rng.sample(users, 3)) for _ in range(args.tasks)]
         errors = 0
         started = time.monotonic()
         n = 0
@@ -216,24 +244,38 @@ def main() -> int:
 
         from concurrent.futures import ThreadPoolExecutor
 
+        def event(n: int, task_id: int, *, shares: bool) -> bytes:
+            owner, *shared = tasks[task_id]
+            event_id = f"soak-{n}"
+            expected[event_id] = [owner, *shared]
+            return json.dumps(
+                {
+                    "type": "TASK_CHANGED",
+                    "user_id": owner,
+                    "task_id": task_id,
+                    "id": event_id,
+                    "data": {"title": f"task {n}", "sent_at": time.time()},
+                    "metadata": {"shared_with": shared} if shares else {},
+                }
+            ).encode()
+
         with ThreadPoolExecutor(8) as pool:
+            # Every task's share list first, applied before the timed phase (an event that
+            # overtook its task's list would be routed to the owner only).
+            for task_id in range(args.tasks):
+                pool.submit(publish, event(n, task_id, shares=True))
+                n += 1
+            deadline = time.monotonic() + 120
+            while metric_sum(metrics_url, "realtime_sync_shares_changes_total") < args.tasks:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the share lists were not applied in time")
+                time.sleep(0.2)
+            started = time.monotonic()
+            timed_from = n
             while (elapsed := time.monotonic() - started) < args.duration:
-                due = int(elapsed * args.rate)
+                due = timed_from + int(elapsed * args.rate)
                 while n < due:
-                    owner, *shared = rng.sample(users, 3)
-                    event_id = f"soak-{n}"
-                    expected[event_id] = [owner, *shared]
-                    body = json.dumps(
-                        {
-                            "type": "TASK_CHANGED",
-                            "user_id": owner,
-                            "task_id": n % 5000,
-                            "id": event_id,
-                            "data": {"title": f"task {n}", "sent_at": time.time()},
-                            "metadata": {"shared_with": shared},
-                        }
-                    ).encode()
-                    pool.submit(publish, body)
+                    pool.submit(publish, event(n, rng.randrange(args.tasks), shares=False))
                     n += 1
                 if int(elapsed) % 60 == 0 and int(elapsed) and n % int(args.rate) == 0:
                     print(
@@ -242,6 +284,8 @@ def main() -> int:
                 time.sleep(0.005)
         time.sleep(args.grace)
         rss_end = rss_kib(service.pid)
+        acked_ahead = metric_sum(metrics_url, "realtime_sync_events_acked_ahead_total")
+        lost_after_success = metric_sum(metrics_url, "realtime_sync_events_lost_total")
         stop.set()
         clients.join(60)
         result = json.loads(Path(out).read_text())
@@ -279,6 +323,10 @@ def main() -> int:
         "rate": args.rate,
         "duration_s": args.duration,
         "events_published": n,
+        "delivery": args.delivery,
+        "acked_ahead": int(acked_ahead),
+        "acked_ahead_share": round(acked_ahead / n, 3) if n else 0.0,
+        "lost_after_success": int(lost_after_success),
         "publish_errors": errors,
         "deliveries_expected": delivered + lost,
         "delivered": delivered,
@@ -293,7 +341,10 @@ def main() -> int:
         "rss_mib": {"start": round(rss_start / 1024, 1), "end": round(rss_end / 1024, 1)},
     }
     print(json.dumps(summary, indent=2))
-    return 0 if lost == 0 and dups == 0 and not dropped else 1
+    if args.delivery == "single" and not acked_ahead:
+        print("the path that acknowledges ahead was not exercised", file=sys.stderr)
+        return 1
+    return 0 if lost == 0 and dups == 0 and not dropped and not lost_after_success else 1
 
 
 if __name__ == "__main__":

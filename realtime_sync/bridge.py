@@ -94,7 +94,17 @@ class Handoff:
     decides who gives up on it, so an event the thread answered RETRY is never routed late.
     """
 
-    __slots__ = ("acked", "applied", "done", "event", "published_at", "shared", "taken", "verdict")
+    __slots__ = (
+        "acked",
+        "answered",
+        "applied",
+        "done",
+        "event",
+        "published_at",
+        "shared",
+        "taken",
+        "verdict",
+    )
 
     def __init__(
         self,
@@ -111,6 +121,7 @@ class Handoff:
         self.acked = False
         self.verdict = Verdict.RETRY
         self.taken = False
+        self.answered = False  # the loop gave its verdict (see Bridge.acked_unanswered)
         # A share-list change's outcome, set by the loop (read by `set_task_shares`).
         self.applied: Applied | None = None
         self.done = done if done is not None else Completion(1)
@@ -122,6 +133,7 @@ class Handoff:
 
     def answer(self) -> None:
         """Loop side: `verdict` is final."""
+        self.answered = True
         self.done.ended(self.taken)
 
     # The thread side of a hand-off delivered alone.
@@ -247,6 +259,9 @@ class Bridge:
         self._loop = asyncio.get_running_loop()
         self._inbox: deque[Handoff] = deque()
         self._wake_pending = False
+        # Hand-offs acknowledged ahead, until seen answered (at most `ack_ahead` are not).
+        self._acked: list[Handoff] = []
+        self._acked_lock = threading.Lock()
 
     def offer(self, event: TaskEvent, published_at: float | None, wait_s: float) -> Handoff | None:
         """Thread side: hand the event to the loop, waiting up to wait_s for a slot.
@@ -262,6 +277,10 @@ class Bridge:
         shared = self._known_shares(event)
         handoff = Handoff(event, published_at, shared)
         handoff.acked = shared is not None and in_flight <= self._ack_ahead
+        if handoff.acked:
+            with self._acked_lock:
+                self._acked = [h for h in self._acked if not h.answered]
+                self._acked.append(handoff)
         self._inbox.append(handoff)
         if not self._wake():
             return None if handoff.abandon() else handoff
@@ -328,3 +347,14 @@ class Bridge:
     async def wait_idle(self) -> None:
         """Until every hand-off offered so far has been answered (the shutdown drain)."""
         await self._slots.wait_none_taken()
+
+    @property
+    def in_flight(self) -> int:
+        """Hand-offs offered and not yet answered or dropped."""
+        return self._slots.taken
+
+    def acked_unanswered(self) -> list[Handoff]:
+        """Hand-offs acknowledged ahead (Dapr has SUCCESS) that the loop has not answered
+        yet: if the process stopped now, these events would be lost."""
+        with self._acked_lock:
+            return [h for h in self._acked if not h.answered]

@@ -8,8 +8,10 @@ It keeps one connection open for as long as it runs, and hides the network from 
 * it reconnects with exponential backoff and *full* jitter (``uniform(0, min(cap,
   base * 2**attempt))``), so clients dropped together by a restart do not come back
   together;
-* after a reconnect it subscribes again, with ``since`` set to the last event id it saw, so
-  the server replays what was missed; a duplicate ``event_id`` is never delivered twice;
+* after a reconnect it subscribes again, with ``since`` set to the last event id it saw
+  (and ``since_time`` to that event's ``published_at``, so a replica that has not got, or
+  no longer has, that id can replay by publish time), so the server replays what was
+  missed; a duplicate ``event_id`` is never delivered twice;
 * a watchdog pings a silent connection and drops it (then reconnects) when the ping goes
   unanswered.
 
@@ -149,9 +151,13 @@ class TaskUpdate:
 
 @dataclass(frozen=True, slots=True)
 class ResyncRequired:
-    """The server could not replay what was missed since ``since``: refetch from the task API."""
+    """The server could not replay what was missed since ``since``: refetch from the task API.
+
+    ``reason``: ``unknown_position``, ``window_ended`` or ``hole`` (None from older servers).
+    """
 
     since: str | None
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +241,7 @@ class SyncClient:
         self._next_id = 0
         self.state = ConnectionState.CLOSED
         self.last_event_id: str | None = since
+        self.last_event_time: float | None = None  # the last event's `published_at`
         self.connection_id: str | None = None
         self.user_id: str | None = None
         self.connections = 0
@@ -468,6 +475,8 @@ class SyncClient:
             frame: dict[str, Any] = {"type": "subscribe", **target}
             if self.last_event_id is not None:
                 frame["since"] = self.last_event_id
+                if self.last_event_time is not None:
+                    frame["since_time"] = self.last_event_time
             await self._send(ws, frame)
             self._pending_subscriptions.add(frame["id"])
 
@@ -490,10 +499,19 @@ class SyncClient:
                 if self._dedupe.seen(update.event_id):
                     return
                 self.last_event_id = update.event_id
+                published = frame.get("published_at")
+                self.last_event_time = (
+                    float(published)
+                    if isinstance(published, int | float) and not isinstance(published, bool)
+                    else None
+                )
                 await self._deliver(update)
             case "resync_required":
                 self._set_state(ConnectionState.RESYNCING)
-                await self._deliver(ResyncRequired(frame.get("since")))
+                reason = frame.get("reason")
+                await self._deliver(
+                    ResyncRequired(frame.get("since"), reason if isinstance(reason, str) else None)
+                )
             case "subscribed":
                 self._pending_subscriptions.discard(frame.get("id", ""))
                 if not self._pending_subscriptions:

@@ -108,6 +108,8 @@ class Settings:
     outbox_max_bytes: int = setting(1 << 20, "per-connection bytes", 1024, 1 << 30)
     resume_window_s: float = setting(300.0, "resume buffer age", 1, 86400)
     resume_max_events: int = setting(1000, "resume buffer size", 1, 10**6)
+    resume_margin_s: float = setting(2.0, "resume reorder margin (seconds)", 0, 3600)
+    resume_margin_events: int = setting(64, "resume reorder margin (entries)", 0, 10**6)
     resume_max_users: int = setting(
         DEFAULT_MAX_USERS, "users with a resume buffer (least recently used evicted)", 1, 10**8
     )

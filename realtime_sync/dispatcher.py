@@ -9,7 +9,7 @@ from collections import deque
 
 from realtime_sync.bridge import Handoff, Slots
 from realtime_sync.connection import ClientConnection
-from realtime_sync.core.fanout import fan_out, revoke
+from realtime_sync.core.fanout import fan_out, recipients, revoke
 from realtime_sync.core.outcomes import Verdict
 from realtime_sync.hub import Hub
 from realtime_sync.metrics import Metrics
@@ -127,14 +127,19 @@ class Dispatcher:
         who lost access), and remember its id; a crash answers RETRY."""
         event = handoff.event
         hub = self._hub
+        published_at = handoff.published_at
         try:
             sent = sent_bytes = 0
             if event.pushed:
-                payload, encoded, targets = fan_out(event, shared, hub.registry, hub.buffers, now)
+                payload, encoded, targets = fan_out(
+                    event, shared, hub.registry, hub.buffers, now, published_at=published_at
+                )
                 sent = self._queue_frames(batch, encoded, targets)
                 sent_bytes = sent * len(payload)
             if revoked:
-                encoded, targets = revoke(event, revoked, hub.registry, hub.buffers, now)
+                encoded, targets = revoke(
+                    event, revoked, hub.registry, hub.buffers, now, published_at=published_at
+                )
                 told = self._queue_frames(batch, encoded, targets)
                 self._metrics.revocations_sent.inc(told)
                 log.info(
@@ -143,7 +148,13 @@ class Dispatcher:
                 )
             hub.seen.add(event.event_id, now)
         except Exception:
-            log.exception("routing crashed; answering RETRY", extra={"event_id": event.event_id})
+            if not handoff.acked:
+                log.exception(
+                    "routing crashed; answering RETRY", extra={"event_id": event.event_id}
+                )
+                return
+            log.exception("routing crashed after SUCCESS", extra={"event_id": event.event_id})
+            self._lost(handoff, (*recipients(event.user_id, shared), *revoked))
             return
         handoff.verdict = Verdict.SUCCESS
         if sent:
@@ -152,6 +163,15 @@ class Dispatcher:
             if handoff.published_at is not None:
                 latency = max(0.0, time.time() - handoff.published_at)
                 self._metrics.delivery_latency.observe(latency)
+
+    def _lost(self, handoff: Handoff, users: tuple[str, ...]) -> None:
+        """Dapr already has SUCCESS for this event (acknowledged ahead), so the RETRY is
+        not heard and the event is gone: its users are told (`Hub.events_lost`)."""
+        closed = self._hub.events_lost(users, 1, "routing")
+        log.error(
+            "acknowledged event lost; its users resync on their next resume",
+            extra={"event_id": handoff.event.event_id, "users": len(users), "closed": closed},
+        )
 
     @staticmethod
     def _queue_frames(batch: Batch, encoded: bytes, targets: list[ClientConnection]) -> int:

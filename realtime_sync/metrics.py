@@ -46,6 +46,14 @@ class Metrics:
             "Events answered SUCCESS with their recipients known, before the loop wrote them",
             registry=r,
         )
+        self.events_lost = Counter(
+            "realtime_sync_events_lost",
+            "Events answered SUCCESS to Dapr that were never routed or written, by where they "
+            "were lost (routing: a crash; drain: SIGTERM's drain ran out of time); their users "
+            "get resync_required on their next resume",
+            ["stage"],
+            registry=r,
+        )
         self.events_duplicate = Counter(
             "realtime_sync_events_duplicate",
             "Redelivered event ids acknowledged without sending again",

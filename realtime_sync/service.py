@@ -75,6 +75,8 @@ class Service:
             resume_max_events=s.resume_max_events,
             resume_max_users=s.resume_max_users,
             resume_max_bytes=s.resume_max_bytes,
+            resume_margin_s=s.resume_margin_s,
+            resume_margin_events=s.resume_margin_events,
             snapshots=snapshots,
         )
         slots = Slots(s.handoff_queue)
@@ -158,8 +160,9 @@ class Service:
                 background += [
                     tg.create_task(hub.run()),
                     tg.create_task(dispatcher.run()),
-                    tg.create_task(self._connect_state(state, records, snapshots)),
+                    tg.create_task(self._connect_state(state, records, snapshots, hub)),
                     tg.create_task(records.run()),
+                    tg.create_task(snapshots.keep_run_noted()),
                     tg.create_task(self._probe_sidecar()),
                 ]
                 await self.stopping.wait()
@@ -195,12 +198,10 @@ class Service:
         # stay up only while the app is healthy (block-shutdown).
         if not await asyncio.to_thread(subscriber.in_flight.wait_idle, left(GRPC_GRACE_S)):
             log.warning("deliveries still in flight after the gRPC grace period")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(left(3)):
-                await bridge.wait_idle()
+        drained = await hub.drain(bridge, left(3))
         try:
             async with asyncio.timeout(left(3)):
-                saved = await hub.save_snapshots()
+                saved = await hub.save_snapshots(handover=drained)
             log.info("resume buffers saved", extra={"users": saved})
         except (TimeoutError, StateUnavailable) as exc:
             log.warning("resume buffers not saved", extra={"reason": str(exc) or "timeout"})
@@ -221,9 +222,14 @@ class Service:
         log.info("drained", extra={"seconds": round(time.monotonic() - started, 2)})
 
     async def _connect_state(
-        self, state: DaprState, records: ConnectionRecords, snapshots: ResumeSnapshots
+        self, state: DaprState, records: ConnectionRecords, snapshots: ResumeSnapshots, hub: Hub
     ) -> None:
         await state.connect(self._sidecar_outbound_ready)
+        try:
+            if not await snapshots.note_run():
+                hub.buffers.first_run()  # no earlier run's acknowledged events to miss
+        except StateUnavailable as exc:  # then resumes near this run's start resync
+            log.warning("earlier runs not checked", extra={"reason": str(exc)})
         try:
             claimed = await snapshots.claim_handover()
         except StateUnavailable as exc:  # then only overlapping snapshots are merged

@@ -21,7 +21,13 @@ import grpc
 import orjson
 from dapr.clients.exceptions import DaprInternalError
 
-from realtime_sync.core.resume import Buffered, contiguous, decode_snapshot, encode_snapshot
+from realtime_sync.core.resume import (
+    Buffered,
+    Snapshot,
+    contiguous,
+    decode_snapshot,
+    encode_snapshot,
+)
 from realtime_sync.core.shares import Applied, ShareRecord, apply_change, decode_record, newest
 from realtime_sync.metrics import Metrics
 
@@ -366,6 +372,7 @@ class ResumeSnapshots:
 
     PREFIX = "resume:"
     HANDOVER_PREFIX = "resume-handover:"
+    RUN_PREFIX = "resume-run:"
     MAX_EVENTS = 200
     BATCH = 100
     SKEW_MARGIN_S = 5.0
@@ -383,10 +390,38 @@ class ResumeSnapshots:
         self._state = state
         self._ttl = max(1, ttl_s)
         self._handover_key = self.HANDOVER_PREFIX + instance
+        self._run_key = self.RUN_PREFIX + instance
         self.generation = generation
         self._started_at = started_at
         self._clock = clock
         self.claimed: str | None = None
+
+    async def note_run(self) -> bool:
+        """At start: whether an earlier run on this instance (behind the same sidecar, so
+        the same consumer group) ran within the resume window, and record this one.
+
+        Without one, nothing this run's group delivered before its start is missing here;
+        with one, that run may have acknowledged events this run never gets.
+        """
+        raw, _ = await self._state.get(self._run_key)
+        await self._save_run()
+        return bool(raw)
+
+    async def keep_run_noted(self) -> None:
+        """While this run lives, keep its record from lapsing (a third of the TTL), so the
+        next run after a crash knows there was one however long this one ran."""
+        while True:
+            await asyncio.sleep(self._ttl / 3)
+            try:
+                await self._save_run()
+            except StateUnavailable as exc:  # the next round tries again
+                log.warning("run record not refreshed", extra={"reason": str(exc)})
+
+    async def _save_run(self) -> None:
+        run = orjson.dumps(
+            {"generation": self.generation, "started_at": self._started_at, "at": self._clock()}
+        )
+        await self._state.save_many([(self._run_key, run)], ttl_s=self._ttl)
 
     async def claim_handover(self) -> str | None:
         """At start: take over from the previous run on this instance, if it shut down
@@ -403,28 +438,36 @@ class ResumeSnapshots:
             self.claimed = value["generation"]
         return self.claimed
 
-    async def save(self, snapshots: dict[str, list[Buffered]]) -> int:
+    async def save(
+        self, snapshots: dict[str, tuple[list[Buffered], float | None]], *, handover: bool = True
+    ) -> int:
+        """Save each user's entries with how far back their history reaches, then the
+        hand-over, unless `handover` is False (this run's history has a hole: the next run
+        must not take the snapshots as contiguous)."""
         now = self._clock()
         items = [
             (
                 self.PREFIX + user,
-                encode_snapshot(entries, self.MAX_EVENTS, generation=self.generation, saved_at=now),
+                encode_snapshot(
+                    entries, self.MAX_EVENTS, generation=self.generation, saved_at=now, floor=floor
+                ),
             )
-            for user, entries in snapshots.items()
+            for user, (entries, floor) in snapshots.items()
             if entries
         ]
         for start in range(0, len(items), self.BATCH):
             await self._state.save_many(items[start : start + self.BATCH], ttl_s=self._ttl)
-        handover = orjson.dumps({"generation": self.generation, "saved_at": now})
-        await self._state.save_many([(self._handover_key, handover)], ttl_s=self._ttl)
+        if handover:
+            record = orjson.dumps({"generation": self.generation, "saved_at": now})
+            await self._state.save_many([(self._handover_key, record)], ttl_s=self._ttl)
         return len(items)
 
-    async def load(self, user_id: str) -> list[Buffered]:
-        """The user's saved events if they continue this run's history, else []."""
+    async def load(self, user_id: str) -> Snapshot | None:
+        """The user's saved snapshot if it continues this run's history, else None."""
         raw, _ = await self._state.get(self.PREFIX + user_id)
         snapshot = decode_snapshot(raw)
         if snapshot is None:
-            return []
+            return None
         if not contiguous(
             snapshot,
             claimed=self.claimed,
@@ -435,8 +478,8 @@ class ResumeSnapshots:
                 "resume snapshot not merged: a gap may lie between it and this run",
                 extra={"generation": snapshot.generation},
             )
-            return []
-        return snapshot.entries
+            return None
+        return snapshot
 
 
 _background: set[asyncio.Task[Any]] = set()

@@ -35,6 +35,9 @@ export interface TaskUpdate {
   /** ISO 8601. */
   readonly timestamp: string;
   readonly metadata: Readonly<Record<string, unknown>> | null;
+  /** When the event was published (Unix seconds, the same on every replica); the client
+   * sends the last one as `since_time` when it resumes. Absent if the envelope had none. */
+  readonly published_at?: number;
 }
 
 /** The user lost access to a task (no longer shared with them): drop it and any copy
@@ -47,10 +50,17 @@ export interface AccessRevoked {
   readonly task_id: TaskId;
 }
 
+/** Why the server could not replay: `since` unknown here and no `since_time`
+ * (`unknown_position`), the history it needs was trimmed or predates this replica's run
+ * (`window_ended`), or an event for the user was acknowledged but lost (`hole`). */
+export type ResyncReason = "unknown_position" | "window_ended" | "hole";
+
 /** The server could not replay what was missed since `since`: refetch from the task API. */
 export interface ResyncRequired {
   readonly type: "resync_required";
   readonly since: string;
+  /** Absent from servers older than the reason. */
+  readonly reason?: ResyncReason;
   readonly all?: true;
   readonly taskId?: TaskId;
   readonly id?: MessageId;
@@ -101,9 +111,11 @@ export type ConnectionState = "connecting" | "connected" | "reconnecting" | "res
  * - 1001 the server is shutting down: reconnect with backoff, resume with `since`;
  * - 1009 a client frame was larger than the server's MAX_FRAME_BYTES;
  * - 4001 missing, invalid or expired token; 4002 token expired on a live connection;
- * - 4008 slow consumer; 4029 too many connections or frames: back off.
+ * - 4008 slow consumer; 4029 too many connections or frames: back off;
+ * - 4010 an event for this user was acknowledged but lost: reconnect and resume, the server
+ *   answers `resync_required` (reason `hole`).
  */
-export type CloseCode = 1000 | 1001 | 1006 | 1009 | 4000 | 4001 | 4002 | 4003 | 4008 | 4029;
+export type CloseCode = 1000 | 1001 | 1006 | 1009 | 4000 | 4001 | 4002 | 4003 | 4008 | 4010 | 4029;
 
 /** The close codes the server sends, by name (the server's `CloseCode` table). */
 export declare const CloseCode: {
@@ -113,6 +125,7 @@ export declare const CloseCode: {
   readonly TOKEN_EXPIRED: 4002;
   readonly ACCESS_REVOKED: 4003;
   readonly SLOW_CONSUMER: 4008;
+  readonly EVENTS_LOST: 4010;
   readonly TOO_MANY: 4029;
 };
 
@@ -323,6 +336,8 @@ export declare class RealtimeSyncClient extends EventTarget {
   readonly policy: ClientPolicy;
   /** The last event id seen: the `since` of the next subscribe. */
   lastEventId: string | null;
+  /** That event's `published_at`: the `since_time` of the next subscribe. */
+  lastEventTime: number | null;
 
   /** Start connecting (idempotent). */
   start(): this;

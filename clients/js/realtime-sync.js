@@ -38,6 +38,7 @@ export const CloseCode = Object.freeze({
   TOKEN_EXPIRED: 4002,
   ACCESS_REVOKED: 4003,
   SLOW_CONSUMER: 4008,
+  EVENTS_LOST: 4010,
   TOO_MANY: 4029,
 });
 /** Close codes after which the same token must not be sent again. */
@@ -296,6 +297,9 @@ export class RealtimeSyncClient extends EventTarget {
       random: this.random,
     });
     this.lastEventId = o.since ?? null;
+    // The last event's `published_at` (Unix seconds), sent as `since_time` with `since`: a
+    // replica that has not got (or no longer has) that id replays by publish time instead.
+    this.lastEventTime = null;
     this.state = "closed";
     this.connectionId = null;
     this.userId = null;
@@ -557,7 +561,10 @@ export class RealtimeSyncClient extends EventTarget {
         const targets = this.subscribeAll ? [{ all: true }] : this.taskIds.map((taskId) => ({ taskId }));
         for (const target of targets) {
           const msg = { type: "subscribe", ...target };
-          if (this.lastEventId !== null) msg.since = this.lastEventId;
+          if (this.lastEventId !== null) {
+            msg.since = this.lastEventId;
+            if (this.lastEventTime !== null) msg.since_time = this.lastEventTime;
+          }
           pending.add(this._send(ws, msg));
         }
         this.dispatchEvent(new CustomEvent("connected", { detail: frame }));
@@ -566,6 +573,7 @@ export class RealtimeSyncClient extends EventTarget {
       case "task_update": {
         if (frame.event_id === undefined || this.dedupe.seen(String(frame.event_id))) return;
         this.lastEventId = String(frame.event_id);
+        this.lastEventTime = typeof frame.published_at === "number" ? frame.published_at : null;
         // A task no longer shared with this user: its own event, so "update" listeners only
         // ever see task data; drop the task (and any cached copy) on it.
         const name = frame.action === "task_access_revoked" ? "accessRevoked" : "update";

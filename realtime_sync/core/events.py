@@ -244,26 +244,30 @@ def encode_revoked(task_id: TaskId, event_id: str) -> bytes:
     )
 
 
-def encode_update(event: TaskEvent) -> bytes:
+def encode_update(event: TaskEvent, published_at: float | None = None) -> bytes:
     """The one serialisation of an event, written as-is to every target connection.
+
+    `published_at` (Unix seconds; the CloudEvent `time` daprd stamped at publish, refined
+    within its second by the payload's timestamp) is the same on every replica; a client
+    echoes its last one as `since_time` when it resumes. Absent when the envelope had none.
 
     orjson returns its bytes with the capacity of its 4 KiB working buffer; the frame is
     kept in resume buffers for minutes, so it is copied once to its exact size.
     """
-    encoded = orjson.dumps(
-        {
-            "type": "task_update",
-            "action": event.action,
-            "event_type": event.event_type,
-            "event_id": event.event_id,
-            "task_id": event.task_id,
-            "user_id": event.user_id,
-            "data": event.data,
-            "timestamp": event.timestamp,
-            "metadata": event.metadata,
-        }
-    )
-    return memoryview(encoded).tobytes()
+    frame: dict[str, Any] = {
+        "type": "task_update",
+        "action": event.action,
+        "event_type": event.event_type,
+        "event_id": event.event_id,
+        "task_id": event.task_id,
+        "user_id": event.user_id,
+        "data": event.data,
+        "timestamp": event.timestamp,
+        "metadata": event.metadata,
+    }
+    if published_at is not None:
+        frame["published_at"] = published_at
+    return memoryview(orjson.dumps(frame)).tobytes()
 
 
 def parse_cloudevent_time(value: object) -> datetime | None:

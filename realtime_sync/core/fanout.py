@@ -23,16 +23,20 @@ def fan_out(
     registry: Registry[C],
     buffers: ResumeBuffers,
     now: float,
+    *,
+    published_at: float | None = None,
 ) -> tuple[bytes, bytes, list[C]]:
     """Buffer the event for every recipient's resume; return its payload (serialised
     once), the payload framed once as a server text frame (the same bytes for every
-    socket), and the recipients' connections subscribed to the task.
+    socket), and the recipients' connections subscribed to the task. `published_at` (the
+    CloudEvent time) goes in the frame and the buffer entry: a resume on another replica
+    may replay by it.
 
     A plain tuple, not a record: this runs once per event on the hot path.
     """
-    payload = encode_update(event)
+    payload = encode_update(event, published_at)
     users = recipients(event.user_id, shared)
-    entry = Buffered(event.event_id, event.task_key, payload, now)
+    entry = Buffered(event.event_id, event.task_key, payload, now, published_at)
     for user in users:
         buffers.append(user, entry)
     return payload, encode_text_frame(payload), registry.targets(users, event.task_key)
@@ -44,6 +48,8 @@ def revoke(
     registry: Registry[C],
     buffers: ResumeBuffers,
     now: float,
+    *,
+    published_at: float | None = None,
 ) -> tuple[bytes, list[C]]:
     """Users lost access to the event's task: blank what their resume buffers hold of it
     (that owner's task of that typed id only), buffer the `task_access_revoked` frame in
@@ -51,7 +57,7 @@ def revoke(
     task (or to all)."""
     users = [u for u in dict.fromkeys(users) if u != event.user_id]
     payload = encode_revoked(event.task_id, event.event_id)
-    entry = Buffered(event.event_id, event.task_key, payload, now)
+    entry = Buffered(event.event_id, event.task_key, payload, now, published_at)
 
     def belongs(frame: bytes) -> bool:
         try:

@@ -8,6 +8,7 @@
 | missing, invalid or expired token           |         | close 4001                     |
 | token expired on a live connection          |         | close 4002                     |
 | outbox over its bound                       |         | close 4008                     |
+| an event for the user acknowledged but lost |         | close 4010 (resume: resync)    |
 | too many connections / frames               |         | close 4029                     |
 | client frame larger than MAX_FRAME_BYTES    |         | close 1009                     |
 | server shutting down                        |         | close 1001                     |
@@ -28,6 +29,7 @@ class CloseCode(IntEnum):
     TOKEN_EXPIRED = 4002
     ACCESS_REVOKED = 4003
     SLOW_CONSUMER = 4008
+    EVENTS_LOST = 4010  # an acknowledged event was not routed: resume to hear resync
     TOO_MANY = 4029
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -19,6 +20,9 @@ class Subscribe:
     all: bool
     task_id: TaskId | None
     since: str | None
+    # The `published_at` of the event named by `since` (Unix seconds): lets a replica
+    # that has not got (or no longer has) that id replay by publish time instead.
+    since_time: float | None = None
 
     @property
     def task_key(self) -> str | None:
@@ -119,7 +123,18 @@ def parse_client_message(raw: str | bytes) -> ClientMessage | BadMessage:
                     since = str(since)
                 if not isinstance(since, str) or not since or len(since) > 256:
                     return BadMessage(msg_id, "bad_message", "'since' must be an event id")
-            return Subscribe(msg_id, everything, task_id, since)
+            since_time = payload.get("since_time")
+            if since_time is not None and not _is_unix_time(since_time):
+                return BadMessage(
+                    msg_id, "bad_message", "'since_time' must be a Unix time in seconds"
+                )
+            return Subscribe(
+                msg_id,
+                everything,
+                task_id,
+                since,
+                None if since_time is None else float(since_time),
+            )
         case "auth" | "refresh":
             token = payload.get("token")
             if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
@@ -127,6 +142,15 @@ def parse_client_message(raw: str | bytes) -> ClientMessage | BadMessage:
             return Auth(msg_id, token) if kind == "auth" else Refresh(msg_id, token)
         case _:
             return BadMessage(msg_id, "unknown_type", "unknown message type")
+
+
+def _is_unix_time(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 def _with_id(frame: dict[str, Any], msg_id: MessageId) -> dict[str, Any]:
@@ -172,12 +196,15 @@ def unsubscribed_frame(msg: Unsubscribe) -> bytes:
     return orjson.dumps(_with_id(frame, msg.id))
 
 
-def resync_required_frame(msg: Subscribe) -> bytes:
+def resync_required_frame(msg: Subscribe, reason: str | None = None) -> bytes:
+    """`reason` says why the history is gone: `unknown_position`, `window_ended`, `hole`."""
     frame = {
         "type": "resync_required",
         "since": msg.since,
         **_target_fields(msg.all, msg.task_id),
     }
+    if reason is not None:
+        frame["reason"] = reason
     return orjson.dumps(_with_id(frame, msg.id))
 
 

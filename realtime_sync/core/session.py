@@ -33,6 +33,7 @@ from realtime_sync.core.protocol import (
     unsubscribed_frame,
 )
 from realtime_sync.core.ratelimit import TokenBucket
+from realtime_sync.core.resume import Resync
 from realtime_sync.core.routing import Subscriptions
 
 log = logging.getLogger(__name__)
@@ -182,17 +183,18 @@ class Session:
             case Auth():
                 return [Send(error_frame("already_authenticated", "already authenticated", msg.id))]
 
-    def resumed(self, request: Subscribe, payloads: list[bytes] | None) -> list[Effect]:
-        """The answer to a `Resume`: the events missed after `since`, or None if they are
-        no longer known. The subscription starts now; the client hears `subscribed` (after
-        `resync_required` when nothing was recovered), then the replayed events."""
+    def resumed(self, request: Subscribe, payloads: list[bytes] | Resync) -> list[Effect]:
+        """The answer to a `Resume`: the events to replay for `since` (a reorder margin
+        included, which the client dedupes by `event_id`), or why they are not known. The
+        subscription starts now; the client hears `subscribed` (after `resync_required`
+        with its reason when nothing was recovered), then the replayed events."""
         if self.closed:
             return []
         self.subscriptions.add(request.task_key)
-        if payloads is None:
+        if isinstance(payloads, Resync):
             return [
                 Touch(),
-                Send(resync_required_frame(request)),
+                Send(resync_required_frame(request, payloads.reason)),
                 Send(subscribed_frame(request, recovered=False)),
             ]
         replied = subscribed_frame(request, recovered=True, replayed=len(payloads))

@@ -21,6 +21,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from tests.integration.conftest import ServiceProcess, running_stack
 from tests.integration.harness import inbound_retry, wait_until
 
+# One replica, so no reorder between replicas to cover: a replay is exactly what came after
+# `since` (the margin replayed across replicas is tested in test_replicas and test_chaos).
+EXACT_REPLAY = {"RESUME_MARGIN_S": "0", "RESUME_MARGIN_EVENTS": "0"}
 LIMITS = {
     "MAX_CONNECTIONS_PER_USER": "2",
     "MAX_SUBSCRIPTIONS": "2",
@@ -30,6 +33,7 @@ LIMITS = {
     "ALLOWED_ORIGINS": "https://app.example,https://admin.example:8443",
     "OUTBOX_MAX_MESSAGES": "200",
     "OUTBOX_MAX_BYTES": "262144",
+    **EXACT_REPLAY,
 }
 
 
@@ -167,6 +171,7 @@ async def test_an_unknown_since_answers_resync_required(limited: ServiceProcess)
             "since": "never-seen",
             "all": True,
             "id": "s",
+            "reason": "unknown_position",
         }
         reply = await client.next()
         assert (reply["type"], reply["recovered"]) == ("subscribed", False)
@@ -462,7 +467,7 @@ def restartable(name: str) -> AbstractContextManager[ServiceProcess]:
             maxInterval="1s",
             maxRetries=20,
         ),
-        service_env_extra={"DRAIN_S": "0.2"},
+        service_env_extra={"DRAIN_S": "0.2", **EXACT_REPLAY},
     )
 
 

@@ -94,8 +94,16 @@ def two_replicas(delivery: str) -> Iterator[tuple[SidecarProcess, ServiceProcess
                 sidecar=sidecar,
                 ws_port=ws_port,
                 app_port=app_port,
+                # Both replicas run on one host (one instance name), so each may take the
+                # other for an earlier run of itself, and resumes here come within a
+                # second or two of the start: a time margin would reach back before it
+                # (`window_ended`). The count margin covers the reorder between them.
                 env=service_env(
-                    sidecar, ws_port, app_port, REPLICA_ID=f"replica-{name}-{delivery}"
+                    sidecar,
+                    ws_port,
+                    app_port,
+                    REPLICA_ID=f"replica-{name}-{delivery}",
+                    RESUME_MARGIN_S="0",
                 ),
                 log_path=ARTIFACTS / f"service-replica-{name}-{delivery}.log",
             )

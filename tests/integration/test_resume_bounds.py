@@ -95,6 +95,7 @@ async def test_sharing_with_many_new_users_keeps_memory_flat_and_evicts_to_resyn
             "since": "victim-1",
             "all": True,
             "id": "r",
+            "reason": "unknown_position",
         }
         reply = await victim.next()
         assert (reply["type"], reply["recovered"]) == ("subscribed", False)

@@ -11,13 +11,16 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import orjson
 import pytest
 
 from realtime_sync.bridge import DRAIN_ROUNDS, Bridge, Completion, Handoff, Offered, Slots
 from realtime_sync.core.events import TaskEvent, parse_event
 from realtime_sync.core.outcomes import Verdict
+from realtime_sync.core.routing import Subscriptions
+from realtime_sync.core.wire import split_text_frames
 from realtime_sync.state import ShareLists
-from tests.unit.conftest import MakeDelivery, know_shares
+from tests.unit.conftest import Delivery, MakeDelivery, know_shares
 
 
 def event(n: int) -> TaskEvent:
@@ -224,6 +227,56 @@ async def test_the_drain_waits_for_hand_offs_not_yet_taken_by_the_loop(
     assert h is not None and h.acked
     await d.bridge.wait_idle()  # directly: no task switch before it looks
     assert h.wait(0) is Verdict.SUCCESS  # routed (and answered) before the drain went on
+
+
+class OfferingConn:
+    """A connection of user "u" subscribed to everything. Each time the dispatcher looks
+    at it to queue a frame (mid routing round, before the round's writes), a handler
+    thread offers the next event, as concurrent deliveries do."""
+
+    def __init__(self, d: Delivery, total: int) -> None:
+        self.connection_id, self.user_id = "c1", "u"
+        self.subscriptions = Subscriptions()
+        self.subscriptions.add(None)
+        self.written: set[str] = set()
+        self.acked: set[str] = set()
+        self.most_unwritten = 0
+        self._d, self._next, self._total = d, 1, total
+
+    @property
+    def close_code(self) -> None:
+        if self._next < self._total:
+            self.offer(self._next)
+
+    def offer(self, n: int) -> None:
+        self._next = n + 1
+        know_shares(self._d, "u", n, ())
+        handoff = self._d.bridge.offer(event(n), None, 0.0)
+        assert handoff is not None
+        if handoff.acked:
+            self.acked.add(handoff.event.event_id)
+        self.most_unwritten = max(self.most_unwritten, len(self.acked - self.written))
+
+    def send_encoded(self, frames: bytes) -> bool:
+        self.written |= {orjson.loads(p)["event_id"] for p in split_text_frames(frames)}
+        return True
+
+
+async def test_never_more_than_ack_ahead_events_are_acknowledged_and_unwritten(
+    make_delivery: MakeDelivery,
+) -> None:
+    """The in-flight bound is exact: a slot is freed only after its event's frames are
+    written, so events offered while a round is routed are not acknowledged ahead past
+    ACK_AHEAD (before, a slot was freed as its event was routed, before the round's write,
+    and the next offers were acknowledged over the bound)."""
+    d = make_delivery(ack_ahead=3, capacity=100)
+    conn = OfferingConn(d, total=40)
+    d.hub.register(cast(Any, conn))
+    conn.offer(0)
+    await d.bridge.wait_idle()  # each offer takes its slot before the one before is freed
+    assert len(conn.written) == 40  # every event was delivered
+    assert len(conn.acked) >= 3  # the path acknowledging ahead was taken
+    assert conn.most_unwritten <= 3
 
 
 class BlockedStore:

@@ -12,12 +12,15 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import orjson
+import pytest
 
 from realtime_sync.core.events import TaskEvent, parse_event
-from realtime_sync.core.outcomes import Verdict
+from realtime_sync.core.outcomes import CloseCode, Verdict
+from realtime_sync.core.resume import Resync, ResyncReason
 from realtime_sync.core.routing import Subscriptions
 from realtime_sync.core.shares import ShareOrder, ShareRecord, share_key
 from realtime_sync.core.wire import split_text_frames
+from realtime_sync.state import ResumeSnapshots
 from tests.unit.conftest import Delivery, MakeDelivery, know_shares
 
 KEY7 = share_key("owner", 7)
@@ -237,3 +240,124 @@ async def test_a_list_of_another_owner_is_not_used_and_is_counted(
     assert owner.got == ["e1"]
     assert bob.got == []
     assert sample(d, "realtime_sync_share_owner_mismatch_total") == 1
+
+
+# --- an event acknowledged ahead that cannot be routed -----------------------------------
+
+
+class ClosableConn(Conn):
+    def __init__(self, connection_id: str, user_id: str, d: Delivery) -> None:
+        super().__init__(connection_id, user_id)
+        self.closed_with: int | None = None
+        self._hub = d.hub
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed_with = code
+        self.close_code = cast(Any, code)
+        self._hub.unregister(cast(Any, self))
+
+
+async def test_an_acked_event_whose_routing_crashes_is_never_silently_lost(
+    make_delivery: MakeDelivery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dapr already has SUCCESS for it, so the RETRY is not heard: its users' next resume
+    from before it answers resync_required (hole), their live connections close with 4010
+    so they resume now, and the loss is counted. A user it was not for is untouched."""
+    d = make_delivery(ack_ahead=4)
+    d.hub.buffers.first_run()
+    know_shares(d, "owner", 7, ("bob",))
+    bob = ClosableConn("c-bob", "bob", d)
+    carol = ClosableConn("c-carol", "carol", d)
+    for conn in (bob, carol):
+        d.hub.register(cast(Any, conn))
+    [first] = await offer_from_a_thread(d, event(1))
+    await d.bridge.wait_idle()
+    assert first.acked and bob.got == ["e1"]
+
+    def crash(*_: object, **__: object) -> None:
+        raise RuntimeError("routing bug")
+
+    monkeypatch.setattr("realtime_sync.dispatcher.fan_out", crash)
+    [lost] = await offer_from_a_thread(d, event(2))
+    await d.bridge.wait_idle()
+    assert lost.acked  # the thread answered SUCCESS before the crash
+    now = d.hub.clock()
+    for user in ("owner", "bob"):
+        answer = d.hub.buffers.replay(user, "e1", None, now, lambda _: True)
+        assert answer == Resync(ResyncReason.HOLE), user
+    assert bob.closed_with == CloseCode.EVENTS_LOST
+    assert carol.closed_with is None
+    lost_total = d.metrics.registry.get_sample_value(
+        "realtime_sync_events_lost_total", {"stage": "routing"}
+    )
+    assert lost_total == 1.0
+
+
+# --- the shutdown drain -------------------------------------------------------------------
+
+
+class SnapshotStore:
+    """The part of DaprState that ResumeSnapshots uses, in memory."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def get(self, key: str) -> tuple[bytes, str]:
+        return self.data.get(key, b""), "1"
+
+    async def save_many(self, items: list[tuple[str, bytes]], *, ttl_s: int) -> None:
+        self.data.update(items)
+
+    async def delete_many(self, keys: list[str]) -> None:
+        for key in keys:
+            self.data.pop(key, None)
+
+
+async def test_a_drain_that_cannot_finish_says_what_it_left_and_hands_over_no_history(
+    make_delivery: MakeDelivery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An event acknowledged ahead waits behind an event of its task whose state read
+    never returns, and SIGTERM's drain runs out: the loss is logged and counted, its users
+    get a hole here (their connections close with 4010, so they resume on a replica that
+    has the event), and the snapshots are saved without a hand-over, so the next run on
+    this instance answers resync for that span instead of a replay missing the event."""
+    store = GatedStore()
+    store.data[KEY7] = BOB_RECORD
+    d = make_delivery(store, ack_ahead=4)
+    d.hub.buffers.first_run()
+    know_shares(d, "owner", 7, ("bob",))
+    bob = ClosableConn("c-bob", "bob", d)
+    d.hub.register(cast(Any, bob))
+    kv = SnapshotStore()
+
+    def snapshots(generation: str) -> ResumeSnapshots:
+        return ResumeSnapshots(
+            cast(Any, kv), ttl_s=300, instance="pod-a", generation=generation, started_at=0.0
+        )
+
+    d.hub.snapshots = snapshots("run-1")
+    async with workers(d):
+        await offer_from_a_thread(d, event(1))
+        await d.bridge.wait_idle()
+        assert bob.got == ["e1"]
+        store.gate.clear()  # the state store stops answering
+        waiting, acked = await offer_from_a_thread(d, event(2, shared_with=["bob"]), event(3))
+        await store.called.wait()
+        assert acked.acked and not waiting.acked
+        drained = await d.hub.drain(d.bridge, 0.05)
+        await d.hub.save_snapshots(handover=drained)  # as the service's drain does
+    assert drained is False
+    assert d.bridge.acked_unanswered() == [acked]
+    assert "drain ran out of time" in caplog.text
+    lost = d.metrics.registry.get_sample_value(
+        "realtime_sync_events_lost_total", {"stage": "drain"}
+    )
+    assert lost == 1.0
+    now = d.hub.clock()
+    for user in ("owner", "bob"):
+        assert d.hub.buffers.replay(user, "e1", None, now, bool) == Resync(ResyncReason.HOLE)
+    assert bob.closed_with == CloseCode.EVENTS_LOST
+    # The next run on this pod takes over no history of this one.
+    assert "resume-handover:pod-a" not in kv.data
+    next_run = snapshots("run-2")
+    assert await next_run.claim_handover() is None

@@ -394,6 +394,12 @@ def test_encode_update_writes_exactly_the_designed_frame() -> None:
     }
 
 
+def test_the_frame_carries_the_publish_time_when_known() -> None:
+    event = _parse(_event(id="evt-1"))
+    assert orjson.loads(encode_update(event, 1764873723.25))["published_at"] == 1764873723.25
+    assert "published_at" not in _frame(event)
+
+
 def test_encode_update_is_compact_utf8_json() -> None:
     raw = encode_update(_parse(_event(data={"t": "é"})))
     assert b" " not in raw

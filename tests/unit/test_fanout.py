@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from realtime_sync.core.events import TaskEvent, TaskId, parse_event, task_key
 from realtime_sync.core.fanout import fan_out, recipients
-from realtime_sync.core.resume import ResumeBuffers
+from realtime_sync.core.resume import Replay, ResumeBuffers, Resync, ResyncReason
 from realtime_sync.core.routing import Registry, Subscriptions
 from realtime_sync.core.wire import split_text_frames
 
@@ -31,7 +31,7 @@ def event(owner: str, task: TaskId, event_id: str = "e1") -> TaskEvent:
 
 
 def buffers() -> ResumeBuffers:
-    return ResumeBuffers(window_s=60.0, max_events=10)
+    return ResumeBuffers(window_s=60.0, max_events=10, margin_s=0, margin_events=0)
 
 
 # --- recipients --------------------------------------------------------------------------
@@ -63,8 +63,10 @@ def test_the_frame_carries_the_payload_that_is_buffered_for_every_recipient() ->
     assert split_text_frames(encoded) == [payload]
     assert orjson.loads(payload)["event_id"] == "e1"
     for user in ("alice", "bob"):
-        assert kept.since(user, "e0", 101.0, lambda _key: True) == [payload]
-    assert kept.since("carol", "e0", 101.0, lambda _key: True) is None
+        assert kept.replay(user, "e0", None, 101.0, lambda _key: True) == Replay([payload])
+    assert kept.replay("carol", "e0", None, 101.0, lambda _key: True) == Resync(
+        ResyncReason.UNKNOWN_POSITION
+    )
 
 
 def test_a_connection_subscribed_twice_over_gets_the_event_once() -> None:

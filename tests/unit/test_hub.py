@@ -7,7 +7,7 @@ import time
 from typing import Any, cast
 
 from realtime_sync.core.protocol import Subscribe
-from realtime_sync.core.resume import Buffered
+from realtime_sync.core.resume import Buffered, Snapshot
 from realtime_sync.core.routing import Subscriptions
 from realtime_sync.hub import Hub
 from realtime_sync.metrics import Metrics
@@ -28,13 +28,14 @@ async def test_two_connections_resuming_from_one_snapshot_both_recover() -> None
             self.reads = 0
             self.both_reading = asyncio.Event()
 
-        async def load(self, user_id: str) -> list[Buffered]:
+        async def load(self, user_id: str) -> Snapshot:
             self.reads += 1
             if self.reads == 2:
                 self.both_reading.set()
             await self.both_reading.wait()
             now = time.time()
-            return [Buffered(f"e{i}", "1", b'{"n":%d}' % i, now - 10) for i in range(5)]
+            entries = [Buffered(f"e{i}", "1", b'{"n":%d}' % i, now - 10) for i in range(5)]
+            return Snapshot("earlier-run", now - 5, entries)
 
     hub = Hub(
         metrics=Metrics(),
@@ -42,6 +43,8 @@ async def test_two_connections_resuming_from_one_snapshot_both_recover() -> None
         dedupe_max_ids=1000,
         resume_window_s=300,
         resume_max_events=100,
+        resume_margin_s=0,
+        resume_margin_events=0,
         snapshots=cast(Any, Snapshots()),
     )
     tab = Conn("c1", "u")

@@ -13,6 +13,7 @@ def test_close_codes_are_the_designed_numbers() -> None:
         "TOKEN_EXPIRED": 4002,
         "ACCESS_REVOKED": 4003,
         "SLOW_CONSUMER": 4008,
+        "EVENTS_LOST": 4010,
         "TOO_MANY": 4029,
     }
 

@@ -74,6 +74,25 @@ def test_subscribe_since_carries_the_event_id_as_a_string(since: object, expecte
     assert msg == Subscribe(id=None, all=True, task_id=None, since=expected)
 
 
+@pytest.mark.parametrize("value", [1764873723, 1764873723.25])
+def test_subscribe_since_time_carries_the_last_events_publish_time(value: float) -> None:
+    msg = _parse({"type": "subscribe", "all": True, "since": "e9", "since_time": value})
+    assert msg == Subscribe(None, True, None, "e9", float(value))
+
+
+@pytest.mark.parametrize("value", ["2026-12-04T10:00:00Z", True, -1, [1.0]])
+def test_a_since_time_that_is_not_a_unix_time_is_refused(value: object) -> None:
+    msg = _parse({"type": "subscribe", "all": True, "since": "e9", "since_time": value})
+    assert isinstance(msg, BadMessage)
+    assert "since_time" in msg.message
+
+
+def test_resync_required_says_why() -> None:
+    msg = Subscribe(3, True, None, "e9")
+    assert _frame(resync_required_frame(msg, "window_ended"))["reason"] == "window_ended"
+    assert "reason" not in _frame(resync_required_frame(msg))
+
+
 def test_subscribe_with_null_since_has_no_since() -> None:
     msg = _parse({"type": "subscribe", "taskId": 1, "since": None})
     assert msg == Subscribe(id=None, all=False, task_id=1, since=None)

@@ -10,6 +10,7 @@ import pytest
 from realtime_sync.core.auth import Identity, TokenVerifier, mint_token
 from realtime_sync.core.outcomes import CloseCode
 from realtime_sync.core.protocol import Subscribe
+from realtime_sync.core.resume import Resync, ResyncReason
 from realtime_sync.core.session import (
     Action,
     CheckCutoff,
@@ -181,9 +182,9 @@ def test_an_unrecoverable_resume_answers_resync_required_then_subscribed() -> No
     session = make_session()
     [resume] = session.receive(frame(type="subscribe", all=True, since="old"), T0)
     assert isinstance(resume, Resume)
-    actions = session.resumed(resume.request, None)
+    actions = session.resumed(resume.request, Resync(ResyncReason.WINDOW_ENDED))
     assert sent(actions) == [
-        {"type": "resync_required", "since": "old", "all": True},
+        {"type": "resync_required", "since": "old", "all": True, "reason": "window_ended"},
         {"type": "subscribed", "all": True, "recovered": False, "replayed": 0},
     ]
     assert not any(isinstance(a, Replay) for a in actions)

@@ -14,7 +14,7 @@ import pytest
 
 from realtime_sync.core.events import InvalidEvent, parse_event
 from realtime_sync.core.fanout import revoke
-from realtime_sync.core.resume import Buffered, ResumeBuffers
+from realtime_sync.core.resume import Buffered, Replay, ResumeBuffers
 from realtime_sync.core.routing import Registry
 from realtime_sync.core.shares import (
     ShareOrder,
@@ -196,9 +196,9 @@ def test_revocation_blanks_only_that_owners_task_and_buffers_the_frame() -> None
     registry: Registry[Any] = Registry()
     _, targets = revoke(unshare, ["bob", "alice"], registry, buffers, 2.0)
     assert targets == []
-    replay = buffers.since("bob", "a1", 3.0, lambda _: True)
-    assert replay is not None
-    sent = [orjson.loads(f) for f in replay]
+    replay = buffers.replay("bob", "a1", None, 3.0, lambda _: True)
+    assert isinstance(replay, Replay)
+    sent = [orjson.loads(f) for f in replay.frames]
     assert [(f.get("user_id"), f["task_id"]) for f in sent[:2]] == [("dave", "42"), ("bob", 42)]
     assert sent[2] == {
         "type": "task_update",

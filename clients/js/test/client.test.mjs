@@ -387,6 +387,58 @@ test("a connection that never opens is given up after openTimeoutMs and retried"
   }
 });
 
+/** A WebSocket class that records the frames the client sent. */
+function sendRecordingWebSocket(sent) {
+  return class extends WebSocket {
+    send(data, ...rest) {
+      sent.push(JSON.parse(String(data)));
+      return super.send(data, ...rest);
+    }
+  };
+}
+
+test("it resumes with since_time = the last event's published_at", async () => {
+  const proxy = await startProxy();
+  const sent = [];
+  const client = new RealtimeSyncClient({
+    ...fast, url: proxy.url, token: mintToken("js-since-time"), WebSocket: sendRecordingWebSocket(sent),
+  });
+  const seen = watch(client);
+  client.start();
+  try {
+    await waitFor(() => client.state === "connected", 8000, "connected");
+    const last = await publish("js-since-time", 1);
+    await waitFor(() => seen.updates.length === 1, 8000, "the update");
+    const published = seen.updates[0].published_at;
+    assert.equal(typeof published, "number", "the frame carries published_at");
+    assert.equal(client.lastEventTime, published);
+    proxy.cut();
+    await waitFor(() => client.connections === 2 && client.state === "connected", 8000, "reconnected");
+    const resumed = sent.filter((f) => f.type === "subscribe").at(-1);
+    assert.equal(resumed.since, last);
+    assert.equal(resumed.since_time, published);
+  } finally {
+    client.close();
+    proxy.close();
+  }
+});
+
+test("a resync says why: an unknown since without since_time is unknown_position", async () => {
+  const client = new RealtimeSyncClient({
+    url: WS_URL, token: mintToken("js-resync-reason"), since: "never-seen", ...fast,
+  });
+  const resyncs = [];
+  client.addEventListener("resync", (event) => resyncs.push(event.detail));
+  client.start();
+  try {
+    await waitFor(() => resyncs.length === 1, 8000, "the resync");
+    assert.equal(resyncs[0].reason, "unknown_position");
+    assert.equal(resyncs[0].since, "never-seen");
+  } finally {
+    client.close();
+  }
+});
+
 test("updates() keeps at most maxPending items; past it, one resync_required", async () => {
   const client = new RealtimeSyncClient({ url: WS_URL, token: mintToken("js-backlog"), ...fast, maxPending: 3 });
   const seen = watch(client);

@@ -17,6 +17,7 @@ import {
   type ReconnectDetail,
   RecentIds,
   type ResyncRequired,
+  type ResyncReason,
   type ServerError,
   type ServerErrorCode,
   type TaskAction,
@@ -81,11 +82,15 @@ function describe(item: TaskUpdate | AccessRevoked | ResyncRequired | ConsumerFe
     return `drop task ${item.task_id}`;
   }
   if (item.type === "task_update") return `${item.action} ${item.task_id}`;
-  return "reason" in item ? `refetch: ${item.reason}` : `refetch after ${item.since}`;
+  if ("since" in item) {
+    const why: ResyncReason | undefined = item.reason;
+    return `refetch after ${item.since}${why === undefined ? "" : ` (${why})`}`;
+  }
+  return `refetch: ${item.reason}`;
 }
 
 function isCloseCode(code: number): code is CloseCode {
-  return [1000, 1001, 1006, 1009, 4000, 4001, 4002, 4008, 4029].includes(code);
+  return [1000, 1001, 1006, 1009, 4000, 4001, 4002, 4008, 4010, 4029].includes(code);
 }
 
 export async function run(config: ExampleConfig): Promise<ExampleResult> {
@@ -152,6 +157,10 @@ export async function run(config: ExampleConfig): Promise<ExampleResult> {
     const update = updates[0];
     if (update === undefined || update.event_id !== eventId || client.lastEventId !== eventId) {
       throw new Error("the listener and updates() disagree");
+    }
+    const published: number | undefined = update.published_at;
+    if (published !== undefined && client.lastEventTime !== published) {
+      throw new Error("the client keeps the last event's published_at for since_time");
     }
     if (!(client.error === null || client.error instanceof TokenRefusedError)) throw client.error;
     const connected = seen.connected;
