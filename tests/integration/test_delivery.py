@@ -57,8 +57,13 @@ async def test_owner_receives_the_frame_with_every_field(stack: ServiceProcess) 
         "data": {"title": "Write <docs> & tests"},
         "timestamp": "2026-11-26T10:00:00Z",
         "metadata": {"source": "api", "traceparent": frame["metadata"]["traceparent"]},
+        "published_at": frame["published_at"],
     }
     assert frame["metadata"]["traceparent"].startswith("00-")
+    # The CloudEvent `time` daprd stamped at publish (whole seconds), the same on every
+    # replica: what a client echoes as `since_time` when it resumes elsewhere.
+    assert isinstance(frame["published_at"], float)
+    assert abs(frame["published_at"] - time.time()) < 60
 
 
 async def test_every_type_maps_to_its_action(stack: ServiceProcess) -> None:
