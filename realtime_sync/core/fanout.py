@@ -37,8 +37,7 @@ def fan_out(
     payload = encode_update(event, published_at)
     users = recipients(event.user_id, shared)
     entry = Buffered(event.event_id, event.task_key, payload, now, published_at)
-    for user in users:
-        buffers.append(user, entry)
+    buffers.append_many(users, entry)
     return payload, encode_text_frame(payload), registry.targets(users, event.task_key)
 
 

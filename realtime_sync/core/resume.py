@@ -52,7 +52,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, TypeGuard
@@ -185,19 +185,49 @@ class ResumeBuffers:
         return sum(len(h.entries) for h in self._users.values())
 
     def append(self, user_id: str, entry: Buffered) -> None:
-        """Buffer `entry` for `user_id` (LRU: now the most recent), then enforce the total
-        bounds; an eviction is remembered at `entry.at`."""
-        history = self._users.get(user_id)
-        if history is None:
-            history = self._users[user_id] = _History(deque())
-            self._bytes += USER_COST_BYTES
-        else:
-            self._users.move_to_end(user_id)
-            if len(history.entries) >= self._max:
-                self._trim_oldest(history, by_count=True)
-        history.entries.append(entry)
-        self._hold(entry)
-        self._enforce(user_id, entry.at)
+        """Buffer `entry` for `user_id` (see `append_many`)."""
+        self.append_many((user_id,), entry)
+
+    def append_many(self, user_ids: Iterable[str], entry: Buffered) -> None:
+        """Buffer one `entry` for each of `user_ids` (LRU: each now among the most recent),
+        then enforce the total bounds once; an eviction is remembered at `entry.at`.
+
+        The hot path of a fan-out to many users: per user only the deque and LRU moves;
+        the byte accounting of the new entry, and of the entries trimmed by count (in a
+        fan-out most users drop the same old entry), is settled once per call.
+        """
+        users = self._users
+        limit = self._max
+        held = 0
+        new_users = 0
+        trimmed: dict[int, list[Any]] = {}  # id(old entry) -> [entry, users that dropped it]
+        last = ""
+        for user_id in user_ids:
+            history = users.get(user_id)
+            if history is None:
+                history = users[user_id] = _History(deque())
+                new_users += 1
+            else:
+                users.move_to_end(user_id)
+                entries = history.entries
+                if len(entries) >= limit:
+                    old = entries.popleft()
+                    history.lost_to = max(history.lost_to, old.at)
+                    history.trimmed = True
+                    dropped = trimmed.get(id(old))
+                    if dropped is None:
+                        trimmed[id(old)] = dropped = [old, 0]
+                    dropped[1] += 1
+            history.entries.append(entry)
+            held += 1
+            last = user_id
+        if not held:
+            return
+        self._bytes += new_users * USER_COST_BYTES
+        for old, count in trimmed.values():
+            self._release(old, count)
+        self._hold(entry, held)
+        self._enforce(last, entry.at)
 
     def first_run(self) -> None:
         """No earlier run of this replica's consumer group delivered events within the
@@ -371,25 +401,25 @@ class ResumeBuffers:
 
     # -- accounting and eviction -------------------------------------------------------
 
-    def _hold(self, entry: Buffered) -> None:
+    def _hold(self, entry: Buffered, users: int = 1) -> None:
         key = id(entry)
         held = self._holders.get(key)
         if held is None:
-            self._holders[key] = (entry, 1)
-            self._bytes += len(entry.frame) + ENTRY_COST_BYTES
+            self._holders[key] = (entry, users)
+            self._bytes += len(entry.frame) + ENTRY_COST_BYTES * users
         else:
-            self._holders[key] = (entry, held[1] + 1)
-            self._bytes += ENTRY_COST_BYTES
+            self._holders[key] = (entry, held[1] + users)
+            self._bytes += ENTRY_COST_BYTES * users
 
-    def _release(self, entry: Buffered) -> None:
+    def _release(self, entry: Buffered, users: int = 1) -> None:
         key = id(entry)
         _, count = self._holders[key]
-        self._bytes -= ENTRY_COST_BYTES
-        if count == 1:
+        self._bytes -= ENTRY_COST_BYTES * users
+        if count == users:
             del self._holders[key]
             self._bytes -= len(entry.frame)
         else:
-            self._holders[key] = (entry, count - 1)
+            self._holders[key] = (entry, count - users)
 
     def _drop_user(self, user_id: str) -> None:
         for entry in self._users.pop(user_id).entries:
