@@ -29,8 +29,11 @@ class Batch:
 
     def __init__(self) -> None:
         # Each connection's frames in order, joined once at the flush: appending bytes to
-        # bytes would copy the buffer per frame, quadratic in a bulk call's frames.
-        self.encoded: dict[ClientConnection, list[bytes]] = {}
+        # bytes would copy the buffer per frame, quadratic in a bulk call's frames. A
+        # connection's first frame is kept as is: no list (a container the cyclic GC must
+        # track) is made for the common single frame, so a fan-out to thousands of sockets
+        # does not set off collections that walk every live connection.
+        self.encoded: dict[ClientConnection, bytes | list[bytes]] = {}
         self.ended: list[Handoff] = []
         self.frames = 0
         self.bytes = 0
@@ -38,7 +41,7 @@ class Batch:
     def flush(self, slots: Slots, metrics: Metrics) -> None:
         try:
             for conn, frames in self.encoded.items():
-                conn.send_encoded(frames[0] if len(frames) == 1 else b"".join(frames))
+                conn.send_encoded(frames if isinstance(frames, bytes) else b"".join(frames))
         finally:  # a handler thread waiting on a taken hand-off must always be answered
             for handoff in self.ended:
                 handoff.answer()
@@ -181,7 +184,9 @@ class Dispatcher:
             if conn.close_code is None:
                 queued = frames.get(conn)
                 if queued is None:
-                    frames[conn] = [encoded]
+                    frames[conn] = encoded
+                elif isinstance(queued, bytes):
+                    frames[conn] = [queued, encoded]
                 else:
                     queued.append(encoded)
                 sent += 1
