@@ -31,7 +31,12 @@ import orjson
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
 
 from bench import shapes
-from realtime_sync.devsidecar.envelope import Publication, build_cloud_event, topic_event_request
+from realtime_sync.devsidecar.envelope import (
+    Publication,
+    build_cloud_event,
+    bulk_entry,
+    topic_event_request,
+)
 from realtime_sync.devsidecar.wellknown import Empty
 
 PUBSUB = "pubsub"
@@ -89,21 +94,7 @@ class Callers:
         entries = []
         for _ in range(size):
             single = self.request()
-            entries.append(
-                appcallback_pb2.TopicEventBulkRequestEntry(
-                    entry_id=f"e-{self.source.seq}",
-                    cloud_event=appcallback_pb2.TopicEventCERequest(
-                        id=single.id,
-                        source=single.source,
-                        type=single.type,
-                        spec_version=single.spec_version,
-                        data_content_type=single.data_content_type,
-                        data=single.data,
-                        extensions=single.extensions,
-                    ),
-                    content_type=single.data_content_type,
-                )
-            )
+            entries.append(bulk_entry(f"e-{self.source.seq}", single))
         return appcallback_pb2.TopicEventBulkRequest(
             id=f"{self.args.run_id}-bulk-{self.source.seq}",
             entries=entries,

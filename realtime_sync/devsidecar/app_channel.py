@@ -33,7 +33,7 @@ from dapr.proto.common.v1 import common_pb2
 from dapr.proto.runtime.v1 import appcallback_pb2, appcallback_pb2_grpc
 
 from .broker import Outcome
-from .envelope import EnvelopeError, topic_event_request
+from .envelope import EnvelopeError, bulk_entry, topic_event_request
 from .wellknown import AnyMessage, Empty, status_code
 
 log = logging.getLogger(__name__)
@@ -213,21 +213,7 @@ class AppChannel:
                 continue
             entry_id = str(uuid.uuid4())
             index[entry_id] = position
-            entries.append(
-                appcallback_pb2.TopicEventBulkRequestEntry(
-                    entry_id=entry_id,
-                    cloud_event=appcallback_pb2.TopicEventCERequest(
-                        id=single.id,
-                        source=single.source,
-                        type=single.type,
-                        spec_version=single.spec_version,
-                        data_content_type=single.data_content_type,
-                        data=single.data,
-                        extensions=single.extensions,
-                    ),
-                    content_type=single.data_content_type,
-                )
-            )
+            entries.append(bulk_entry(entry_id, single))
         if not entries:
             return outcomes
         request = appcallback_pb2.TopicEventBulkRequest(

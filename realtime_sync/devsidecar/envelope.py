@@ -389,3 +389,23 @@ def is_expired(event: Mapping[str, object], now: datetime | None = None) -> bool
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment < (now or datetime.now(UTC))
+
+
+def bulk_entry(
+    entry_id: str, single: appcallback_pb2.TopicEventRequest
+) -> appcallback_pb2.TopicEventBulkRequestEntry:
+    """One entry of daprd's bulk envelope: the single delivery's CloudEvent, as daprd's
+    bulk subscriber carries it (dapr/dapr `pkg/runtime/subscription/postman/grpc`)."""
+    return appcallback_pb2.TopicEventBulkRequestEntry(
+        entry_id=entry_id,
+        cloud_event=appcallback_pb2.TopicEventCERequest(
+            id=single.id,
+            source=single.source,
+            type=single.type,
+            spec_version=single.spec_version,
+            data_content_type=single.data_content_type,
+            data=single.data,
+            extensions=single.extensions,
+        ),
+        content_type=single.data_content_type,
+    )
