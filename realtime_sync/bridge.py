@@ -260,7 +260,7 @@ class Bridge:
         self._inbox: deque[Handoff] = deque()
         self._wake_pending = False
         # Hand-offs acknowledged ahead, until seen answered (at most `ack_ahead` are not).
-        self._acked: list[Handoff] = []
+        self._acked: deque[Handoff] = deque()
         self._acked_lock = threading.Lock()
 
     def offer(self, event: TaskEvent, published_at: float | None, wait_s: float) -> Handoff | None:
@@ -279,8 +279,14 @@ class Bridge:
         handoff.acked = shared is not None and in_flight <= self._ack_ahead
         if handoff.acked:
             with self._acked_lock:
-                self._acked = [h for h in self._acked if not h.answered]
-                self._acked.append(handoff)
+                acked = self._acked
+                # Answers come mostly in order: drop the answered head, and only rebuild
+                # when answered ones pile up behind a slow one (O(1) per event otherwise).
+                while acked and acked[0].answered:
+                    acked.popleft()
+                if len(acked) > 2 * self._ack_ahead:
+                    self._acked = acked = deque(h for h in acked if not h.answered)
+                acked.append(handoff)
         self._inbox.append(handoff)
         if not self._wake():
             return None if handoff.abandon() else handoff
