@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Sequence
 
 from realtime_sync.bridge import Handoff, Slots
 from realtime_sync.connection import ClientConnection
@@ -28,12 +29,13 @@ class Batch:
     __slots__ = ("bytes", "encoded", "ended", "frames")
 
     def __init__(self) -> None:
-        # Each connection's frames in order, joined once at the flush: appending bytes to
-        # bytes would copy the buffer per frame, quadratic in a bulk call's frames. A
-        # connection's first frame is kept as is: no list (a container the cyclic GC must
-        # track) is made for the common single frame, so a fan-out to thousands of sockets
-        # does not set off collections that walk every live connection.
-        self.encoded: dict[ClientConnection, bytes | list[bytes]] = {}
+        # Each connection's frames in order. The first is kept as is; from the second they
+        # gather in a bytearray (appending is amortised O(1), where bytes + bytes would
+        # copy per frame: quadratic in a bulk call's frames). Neither is a container the
+        # cyclic GC tracks: a fan-out to thousands of sockets allocates no tracked object
+        # per socket, which would set off young collections and, through the survivors
+        # they promote, full ones that walk every live connection (bench/RESULTS.md).
+        self.encoded: dict[ClientConnection, bytes | bytearray] = {}
         self.ended: list[Handoff] = []
         self.frames = 0
         self.bytes = 0
@@ -41,7 +43,7 @@ class Batch:
     def flush(self, slots: Slots, metrics: Metrics) -> None:
         try:
             for conn, frames in self.encoded.items():
-                conn.send_encoded(frames if isinstance(frames, bytes) else b"".join(frames))
+                conn.send_encoded(frames if type(frames) is bytes else bytes(frames))
         finally:  # a handler thread waiting on a taken hand-off must always be answered
             for handoff in self.ended:
                 handoff.answer()
@@ -177,7 +179,7 @@ class Dispatcher:
         )
 
     @staticmethod
-    def _queue_frames(batch: Batch, encoded: bytes, targets: list[ClientConnection]) -> int:
+    def _queue_frames(batch: Batch, encoded: bytes, targets: Sequence[ClientConnection]) -> int:
         frames = batch.encoded
         sent = 0
         for conn in targets:
@@ -185,10 +187,10 @@ class Dispatcher:
                 queued = frames.get(conn)
                 if queued is None:
                     frames[conn] = encoded
-                elif isinstance(queued, bytes):
-                    frames[conn] = [queued, encoded]
+                elif type(queued) is bytes:
+                    frames[conn] = bytearray(queued) + encoded
                 else:
-                    queued.append(encoded)
+                    queued += encoded
                 sent += 1
         return sent
 

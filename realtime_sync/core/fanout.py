@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import orjson
 
@@ -12,9 +12,9 @@ from realtime_sync.core.routing import C, Registry
 from realtime_sync.core.wire import encode_text_frame
 
 
-def recipients(owner: str, shares: Iterable[str]) -> list[str]:
+def recipients(owner: str, shares: Iterable[str]) -> tuple[str, ...]:
     """The users who may see a task: its owner and its share list, each once."""
-    return list(dict.fromkeys([owner, *shares]))
+    return tuple(dict.fromkeys((owner, *shares)))
 
 
 def fan_out(
@@ -25,7 +25,7 @@ def fan_out(
     now: float,
     *,
     published_at: float | None = None,
-) -> tuple[bytes, bytes, list[C]]:
+) -> tuple[bytes, bytes, Sequence[C]]:
     """Buffer the event for every recipient's resume; return its payload (serialised
     once), the payload framed once as a server text frame (the same bytes for every
     socket), and the recipients' connections subscribed to the task. `published_at` (the
@@ -49,12 +49,12 @@ def revoke(
     now: float,
     *,
     published_at: float | None = None,
-) -> tuple[bytes, list[C]]:
+) -> tuple[bytes, Sequence[C]]:
     """Users lost access to the event's task: blank what their resume buffers hold of it
     (that owner's task of that typed id only), buffer the `task_access_revoked` frame in
     its place, and return the frame (framed once) and their connections subscribed to the
     task (or to all)."""
-    users = [u for u in dict.fromkeys(users) if u != event.user_id]
+    users = tuple(u for u in dict.fromkeys(users) if u != event.user_id)
     payload = encode_revoked(event.task_id, event.event_id)
     entry = Buffered(event.event_id, event.task_key, payload, now, published_at)
 

@@ -12,13 +12,14 @@ class Outbox:
     connection as a slow consumer instead of buffering without limit.
     """
 
-    __slots__ = ("_max_bytes", "_max_messages", "bytes", "frames")
+    __slots__ = ("_max_messages", "bytes", "frames", "max_bytes")
 
     def __init__(self, *, max_messages: int, max_bytes: int) -> None:
         # Public for the hot path: `not outbox.frames` is a C-level check.
         self.frames: deque[bytes] = deque()
         self._max_messages = max_messages
-        self._max_bytes = max_bytes
+        self.max_bytes = max_bytes
+        """The byte bound (a plain attribute: read once per socket write)."""
         self.bytes = 0
 
     def __len__(self) -> int:
@@ -27,16 +28,12 @@ class Outbox:
     def __bool__(self) -> bool:
         return bool(self.frames)
 
-    @property
-    def max_bytes(self) -> int:
-        return self._max_bytes
-
     def push(self, frame: bytes, *, in_flight_bytes: int = 0) -> bool:
         """Queue a frame; False if this would exceed the bound (counting bytes already
         handed to the transport but not yet sent)."""
         if (
             len(self.frames) + 1 > self._max_messages
-            or self.bytes + len(frame) + in_flight_bytes > self._max_bytes
+            or self.bytes + len(frame) + in_flight_bytes > self.max_bytes
         ):
             return False
         self.frames.append(frame)

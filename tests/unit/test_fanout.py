@@ -38,17 +38,17 @@ def buffers() -> ResumeBuffers:
 
 
 def test_recipients_are_the_owner_then_the_shares_each_once() -> None:
-    assert recipients("alice", ["bob", "carol", "bob", "alice", "dave"]) == [
+    assert recipients("alice", ["bob", "carol", "bob", "alice", "dave"]) == (
         "alice",
         "bob",
         "carol",
         "dave",
-    ]
+    )
 
 
 def test_recipients_of_an_unshared_task_is_the_owner() -> None:
-    assert recipients("alice", []) == ["alice"]
-    assert recipients("alice", ()) == ["alice"]
+    assert recipients("alice", []) == ("alice",)
+    assert recipients("alice", ()) == ("alice",)
 
 
 # --- fan_out -----------------------------------------------------------------------------

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from realtime_sync.core.events import task_key
-from realtime_sync.core.routing import Registry, Subscriptions
+from realtime_sync.core.routing import CACHE_MIN_USERS, Registry, Subscriptions
 
 
 @dataclass
@@ -22,7 +23,7 @@ def _conn(connection_id: str, user_id: str, *keys: str | None) -> Conn:
     return conn
 
 
-def _ids(conns: list[Conn]) -> list[str]:
+def _ids(conns: Sequence[Conn]) -> list[str]:
     return [c.connection_id for c in conns]
 
 
@@ -183,3 +184,28 @@ def test_subscription_count_sums_every_connection() -> None:
     reg.add(_conn("a", "alice", None, "1", "2"))
     reg.add(_conn("b", "bob", "1"))
     assert reg.subscription_count() == 4
+
+
+def test_kept_targets_of_a_large_fan_out_follow_every_change() -> None:
+    """A large fan-out's targets are kept for the next event of the task: a connection
+    that comes, goes, subscribes or unsubscribes is seen by the very next call."""
+    users = tuple(f"u{i}" for i in range(CACHE_MIN_USERS))
+    reg: Registry[Conn] = Registry()
+    first = _conn("c0", users[0], "7")
+    reg.add(first)
+    assert _ids(reg.targets(users, "7")) == ["c0"]
+    late = _conn("c1", users[1])
+    reg.add(late)
+    assert _ids(reg.targets(users, "7")) == ["c0"]
+    late.subscriptions.add("7")
+    assert _ids(reg.targets(users, "7")) == ["c0", "c1"]
+    first.subscriptions.remove("7")
+    assert _ids(reg.targets(users, "7")) == ["c1"]
+    late.subscriptions.clear()
+    assert _ids(reg.targets(users, "7")) == []
+    late.subscriptions.add(None)
+    assert _ids(reg.targets(users, "7")) == ["c1"]
+    assert _ids(reg.targets(users, "8")) == ["c1"]
+    reg.remove(late)
+    assert _ids(reg.targets(users, "7")) == []
+    assert _ids(reg.targets(users[1:], "7")) == []  # other recipients: another entry
