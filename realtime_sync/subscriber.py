@@ -188,6 +188,7 @@ class AppChannelInterceptor(grpc.ServerInterceptor):
         self._on_listed = on_subscriptions_listed
         self._health_pool = health_pool
         self._in_flight = in_flight
+        self._handlers: dict[str, Any] = {}
 
     def _signed(self, details: grpc.HandlerCallDetails) -> bool:
         sent = ""
@@ -204,7 +205,16 @@ class AppChannelInterceptor(grpc.ServerInterceptor):
         method = details.method
         if self._token and method not in UNSIGNED_METHODS and not self._signed(details):
             return _abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong dapr-api-token")
-        handler = continuation(details)
+        # grpc's server thread runs this for every call, before any handler thread: the
+        # handler of a method is built once (the App's methods are fixed once it serves).
+        handler = self._handlers.get(method)
+        if handler is None:
+            handler = self._wrap(method, continuation(details))
+            if handler is not None:
+                self._handlers[method] = handler
+        return handler
+
+    def _wrap(self, method: str, handler: Any) -> Any:
         if handler is None or handler.unary_unary is None:
             return handler
         if method == HEALTH_CHECK:
