@@ -7,13 +7,16 @@ gets the call stores the cutoff, then publishes a control message on CONTROL_TOP
 replica (its own consumer group) learns it and closes that user's connections with 4003.
 
 A replica that starts later or misses the message reads the cutoff at the handshake and
-on `refresh`, cached per user for CACHE_S. A failed read answers with what this replica
-last knew (fail-open): a state-store outage must not lock every user out, and a revoked
-user then still needs this replica to have missed the control message as well.
+on `refresh`, cached per user for CACHE_S; the handshakes of one loop tick share one bulk
+read (a connect storm costs one state call per tick, not one per user). A failed read
+answers with what this replica last knew (fail-open): a state-store outage must not lock
+every user out, and a revoked user then still needs this replica to have missed the
+control message as well.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections import OrderedDict
@@ -109,6 +112,10 @@ class UserCutoffs:
             OrderedDict()
         )  # → (cutoff, read at)
         self._learnt: OrderedDict[str, int] = OrderedDict()  # from control messages
+        # Users whose read is under way or due this tick -> done when it has ended.
+        self._pending: dict[str, asyncio.Future[None]] = {}
+        self._read_scheduled = False
+        self._reads: set[asyncio.Task[None]] = set()
 
     def learn(self, message: Disconnect) -> None:
         """A control message (or this replica's own call): the cutoff holds here at once.
@@ -138,25 +145,56 @@ class UserCutoffs:
 
     async def lookup(self, user_id: str) -> int | None:
         """The user's cutoff, if one holds: read from the state store (cached for a
-        moment); on a failed read, what this replica knows."""
+        moment; the misses of one loop tick in one bulk read, one read per user in
+        flight); on a failed read, what this replica knows."""
         read = self._read.get(user_id)
         if read is None or self._clock() - read[1] >= self._cache_s:
-            try:
-                raw, _ = await self._state.get(cutoff_key(user_id))
-            except StateUnavailable as exc:
-                self._metrics.cutoff_lookups.labels("error").inc()
-                log.warning(
-                    "cutoff unreadable; using what this replica knows",
-                    extra={"user_id": user_id, "reason": str(exc)},
-                )
-                return self.known(user_id)
-            stored = _parse_cutoff(raw)
-            self._metrics.cutoff_lookups.labels("found" if stored is not None else "none").inc()
-            self._read[user_id] = (stored, self._clock())
-            self._read.move_to_end(user_id)
+            done = self._pending.get(user_id)
+            if done is None:
+                loop = asyncio.get_running_loop()
+                done = self._pending[user_id] = loop.create_future()
+                if not self._read_scheduled:
+                    self._read_scheduled = True
+                    loop.call_soon(self._start_read)
+            await asyncio.shield(done)  # a handshake that gives up leaves the read to others
+        return self.known(user_id)
+
+    def _start_read(self) -> None:
+        self._read_scheduled = False
+        batch, self._pending = self._pending, {}
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._read_batch(batch))
+            self._reads.add(task)
+            task.add_done_callback(self._reads.discard)
+
+    async def _read_batch(self, batch: dict[str, asyncio.Future[None]]) -> None:
+        users = list(batch)
+        try:
+            keys = [cutoff_key(u) for u in users]
+            if len(keys) == 1:
+                raw, _ = await self._state.get(keys[0])
+                found = {keys[0]: raw}
+            else:
+                found = await self._state.get_bulk(keys)
+        except StateUnavailable as exc:
+            self._metrics.cutoff_lookups.labels("error").inc(len(users))
+            log.warning(
+                "cutoffs unreadable; using what this replica knows",
+                extra={"users": len(users), "user_id": users[0], "reason": str(exc)},
+            )
+        else:
+            now = self._clock()
+            for user, key in zip(users, keys, strict=True):
+                stored = _parse_cutoff(found.get(key, b""))
+                self._metrics.cutoff_lookups.labels("found" if stored is not None else "none").inc()
+                self._read[user] = (stored, now)
+                self._read.move_to_end(user)
             while len(self._read) > MAX_CACHED_USERS:
                 self._read.popitem(last=False)
-        return self.known(user_id)
+        finally:  # every waiting handshake goes on, whatever happened to the read
+            for done in batch.values():
+                if not done.done():
+                    done.set_result(None)
 
 
 class UserDisconnects:

@@ -3,6 +3,7 @@ cache; a failed read answers with what the replica knows."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -27,6 +28,7 @@ class Store:
         self.data: dict[str, bytes] = {}
         self.ttls: dict[str, int] = {}
         self.reads = 0
+        self.bulk_reads: list[list[str]] = []
         self.failing = False
 
     async def get(self, key: str) -> tuple[bytes, str]:
@@ -34,6 +36,13 @@ class Store:
         if self.failing:
             raise StateUnavailable("down")
         return self.data.get(key, b""), ""
+
+    async def get_bulk(self, keys: Sequence[str]) -> dict[str, bytes]:
+        self.bulk_reads.append(list(keys))
+        await asyncio.sleep(0)  # a real call: other handshakes run meanwhile
+        if self.failing:
+            raise StateUnavailable("down")
+        return {k: self.data[k] for k in keys if k in self.data}
 
     async def save_many(self, items: Sequence[tuple[str, bytes]], *, ttl_s: int) -> None:
         for key, value in items:
@@ -114,3 +123,39 @@ def test_a_control_message_it_does_not_understand_is_none(raw: bytes) -> None:
 def test_a_control_message_round_trips() -> None:
     message = Disconnect("alice", 1234)
     assert parse_control(message.encode()) == message
+
+
+async def test_a_connect_storm_reads_every_users_cutoff_in_one_bulk_read() -> None:
+    cutoffs, store, _ = make()
+    store.data[cutoff_key("u3")] = b"1800000001"
+    users = [f"u{i}" for i in range(50)]
+    # Each user twice, as two tabs opening at once: one read per user in flight.
+    found = await asyncio.gather(*(cutoffs.lookup(u) for u in users + users))
+    assert store.bulk_reads == [[cutoff_key(u) for u in users]]
+    assert store.reads == 0
+    assert found[3] == found[53] == 1_800_000_001
+    assert found.count(None) == 98
+    assert await cutoffs.lookup("u7") is None  # cached: no further read
+    assert len(store.bulk_reads) == 1
+
+
+async def test_a_failed_bulk_read_answers_what_the_replica_knows_to_every_waiter() -> None:
+    cutoffs, store, _ = make()
+    cutoffs.learn(Disconnect("carol", 1_800_000_000))
+    store.failing = True
+    found = await asyncio.gather(cutoffs.lookup("carol"), cutoffs.lookup("dave"))
+    assert list(found) == [1_800_000_000, None]
+    store.failing = False
+    store.data[cutoff_key("dave")] = b"1800000002"
+    assert await cutoffs.lookup("dave") == 1_800_000_002  # a failure is not cached
+
+
+async def test_a_handshake_that_gives_up_leaves_the_shared_read_to_the_others() -> None:
+    cutoffs, store, _ = make()
+    store.data[cutoff_key("erin")] = b"1800000003"
+    quitter = asyncio.ensure_future(cutoffs.lookup("erin"))
+    stayer = asyncio.ensure_future(cutoffs.lookup("erin"))
+    await asyncio.sleep(0)
+    quitter.cancel()
+    assert await stayer == 1_800_000_003
+    assert quitter.cancelled()
