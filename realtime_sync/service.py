@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import time
 import uuid
 from typing import Any
@@ -39,6 +40,12 @@ log = logging.getLogger(__name__)
 GRPC_GRACE_S = 8.0
 DRAIN_BUDGET_S = 22.0
 SIDECAR_PROBE_S = 1.0
+# How long a thread may hold the GIL while another waits for it (CPython's default: 5 ms).
+# The loop thread routes a whole round of events without a blocking call; the gRPC handler
+# threads only need the GIL for a moment to hand an event over and answer it, so each of
+# them would otherwise wait up to 5 ms per event, which delays every answer to daprd and
+# starves the loop of events to batch (bench/RESULTS.md: the switch interval).
+GIL_SWITCH_INTERVAL_S = 0.001
 
 
 class Service:
@@ -295,5 +302,6 @@ def _dapr_api_headers() -> dict[str, str]:
 
 
 def run_service(settings: Settings) -> int:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     asyncio.run(Service(settings).run())
     return 0
