@@ -19,6 +19,9 @@ from realtime_sync.state import ConflictError, ShareLists, StateUnavailable
 log = logging.getLogger(__name__)
 # Concurrent share-list reads: events of different tasks overlap their state calls.
 ROUTE_WORKERS = 32
+# A connection's frames of one routing pass are kept as one bytes object (copied on each
+# append) below this size, then as a list (see Batch).
+JOIN_FROM = 2048
 
 
 class Batch:
@@ -29,13 +32,14 @@ class Batch:
     __slots__ = ("bytes", "encoded", "ended", "frames")
 
     def __init__(self) -> None:
-        # Each connection's frames in order. The first is kept as is; from the second they
-        # gather in a bytearray (appending is amortised O(1), where bytes + bytes would
-        # copy per frame: quadratic in a bulk call's frames). Neither is a container the
-        # cyclic GC tracks: a fan-out to thousands of sockets allocates no tracked object
-        # per socket, which would set off young collections and, through the survivors
-        # they promote, full ones that walk every live connection (bench/RESULTS.md).
-        self.encoded: dict[ClientConnection, bytes | bytearray] = {}
+        # Each connection's frames in order, as bytes while they are few and small (a
+        # copy per frame, cheap up to JOIN_FROM bytes), then as a list joined once at the
+        # flush (copying per frame would be quadratic in a bulk call's frames). Bytes are
+        # not a container the cyclic GC tracks: the common fan-out of one or a few events
+        # allocates no tracked object per socket, which would set off young collections
+        # and, through the survivors they promote, full ones that walk every live
+        # connection (bench/RESULTS.md, issue #13).
+        self.encoded: dict[ClientConnection, bytes | list[bytes]] = {}
         self.ended: list[Handoff] = []
         self.frames = 0
         self.bytes = 0
@@ -43,7 +47,7 @@ class Batch:
     def flush(self, slots: Slots, metrics: Metrics) -> None:
         try:
             for conn, frames in self.encoded.items():
-                conn.send_encoded(frames if type(frames) is bytes else bytes(frames))
+                conn.send_encoded(frames if isinstance(frames, bytes) else b"".join(frames))
         finally:  # a handler thread waiting on a taken hand-off must always be answered
             for handoff in self.ended:
                 handoff.answer()
@@ -187,10 +191,12 @@ class Dispatcher:
                 queued = frames.get(conn)
                 if queued is None:
                     frames[conn] = encoded
-                elif type(queued) is bytes:
-                    frames[conn] = bytearray(queued) + encoded
+                elif isinstance(queued, list):
+                    queued.append(encoded)
+                elif len(queued) < JOIN_FROM:
+                    frames[conn] = queued + encoded
                 else:
-                    queued += encoded
+                    frames[conn] = [queued, encoded]
                 sent += 1
         return sent
 

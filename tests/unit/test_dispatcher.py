@@ -185,17 +185,19 @@ async def test_a_redelivered_event_is_sent_once_and_answered_success(
     assert sample(d, "realtime_sync_events_duplicate_total") == 2
 
 
+@pytest.mark.parametrize("count", [3, 60])  # 60 frames pass JOIN_FROM bytes
 async def test_the_events_of_one_drain_reach_a_connection_in_one_write(
-    make_delivery: MakeDelivery,
+    make_delivery: MakeDelivery, count: int
 ) -> None:
     d = make_delivery()
-    for task in (1, 2, 3):
+    numbers = range(1, count + 1)
+    for task in numbers:
         know_shares(d, "owner", task, ())
     owner = connect(d, "c1", "owner")
-    for n in (1, 2, 3):  # on the loop: all three are in the inbox before it drains
+    for n in numbers:  # on the loop: all are in the inbox before it drains
         assert d.bridge.offer(event(n, task_id=n), None, 0.0) is not None
     await d.bridge.wait_idle()
-    assert owner.got == ["e1", "e2", "e3"]
+    assert owner.got == [f"e{n}" for n in numbers]
     assert owner.writes == 1
 
 
