@@ -27,7 +27,7 @@ from typing import Any, Final
 import orjson
 
 from realtime_sync.metrics import Metrics
-from realtime_sync.state import DaprState, StateUnavailable
+from realtime_sync.state import DaprState, StateUnavailable, read_keys
 
 log = logging.getLogger(__name__)
 CUTOFF_PREFIX: Final = "cutoff:"
@@ -171,11 +171,7 @@ class UserCutoffs:
         users = list(batch)
         try:
             keys = [cutoff_key(u) for u in users]
-            if len(keys) == 1:
-                raw, _ = await self._state.get(keys[0])
-                found = {keys[0]: raw}
-            else:
-                found = await self._state.get_bulk(keys)
+            found = await read_keys(self._state, keys)
         except StateUnavailable as exc:
             self._metrics.cutoff_lookups.labels("error").inc(len(users))
             log.warning(

@@ -226,6 +226,15 @@ def _describe(exc: BaseException) -> str:
     return f"{code.name}: {rpc.details()}"
 
 
+async def read_keys(state: DaprState, keys: Sequence[str]) -> dict[str, bytes]:
+    """The stored values of `keys` (a missing key is absent or empty): one GetState call for
+    a single key, one GetBulkState call for more. Raises StateUnavailable."""
+    if len(keys) == 1:
+        raw, _ = await state.get(keys[0])
+        return {keys[0]: raw}
+    return await state.get_bulk(keys)
+
+
 class ShareLists:
     """Share-list records (`core.shares`): cached for SHARES_CACHE_S, misses batched into one
     bulk read per loop tick, single-flight per key, changes applied by the ordering rule with
@@ -312,11 +321,7 @@ class ShareLists:
     async def _flush(self, batch: dict[str, asyncio.Future[ShareRecord | None]]) -> None:
         keys = list(batch)
         try:
-            if len(keys) == 1:
-                raw, _ = await self._state.get(keys[0])
-                found = {keys[0]: raw}
-            else:
-                found = await self._state.get_bulk(keys)
+            found = await read_keys(self._state, keys)
         except StateUnavailable as exc:
             for fut in batch.values():
                 if not fut.done():
