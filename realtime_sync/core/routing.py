@@ -74,9 +74,8 @@ class Registry(Generic[C]):
     def __init__(self) -> None:
         self._by_id: dict[str, C] = {}
         self.by_user: dict[str, dict[str, C]] = {}
-        self._changes = 0
         self._kept: dict[tuple[str, tuple[str, ...]], list[C]] = {}
-        self._kept_at = (0, Subscriptions.changes)
+        self._kept_at = Subscriptions.changes
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -92,14 +91,14 @@ class Registry(Generic[C]):
         return self._by_id.get(connection_id)
 
     def add(self, conn: C) -> None:
-        self._changes += 1
+        self._kept.clear()
         self._by_id[conn.connection_id] = conn
         self.by_user.setdefault(conn.user_id, {})[conn.connection_id] = conn
 
     def remove(self, conn: C) -> bool:
         if self._by_id.pop(conn.connection_id, None) is None:
             return False
-        self._changes += 1
+        self._kept.clear()  # and no kept list holds on to the connection
         conns = self.by_user.get(conn.user_id)
         if conns is not None:
             conns.pop(conn.connection_id, None)
@@ -118,11 +117,10 @@ class Registry(Generic[C]):
         sequence may be kept for the next call: read it, never change it."""
         if len(users) < CACHE_MIN_USERS:
             return self._find(users, task_key)
-        stamp = (self._changes, Subscriptions.changes)
         kept = self._kept
-        if stamp != self._kept_at:
+        if self._kept_at != Subscriptions.changes:
             kept.clear()
-            self._kept_at = stamp
+            self._kept_at = Subscriptions.changes
         key = (task_key, tuple(users))  # no copy: fan-outs pass a tuple
         found = kept.get(key)
         if found is None:
