@@ -9,6 +9,7 @@ Only the standard library is used (``urllib`` for HTTP), so any test can drive a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -37,6 +38,16 @@ _SCRUBBED_ENV = ("DAPR_API_TOKEN", "APP_API_TOKEN", "DAPR_GRPC_PORT", "DAPR_HTTP
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 T = TypeVar("T")
+
+
+async def until(predicate: Any, timeout: float = 8.0, what: str = "condition") -> None:
+    """Await until ``predicate()`` is truthy, polling every 20 ms without blocking the loop;
+    fail after ``timeout`` seconds naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout:g}s")
+        await asyncio.sleep(0.02)
 
 
 def wait_until(

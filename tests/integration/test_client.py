@@ -31,6 +31,7 @@ from realtime_sync.client import (
     TokenRefused,
 )
 from tests.integration.conftest import ServiceProcess, running_stack
+from tests.integration.harness import until
 
 
 class Proxy:
@@ -151,14 +152,6 @@ async def settled(service: ServiceProcess, user: str, rec: Recorder) -> list[str
     marker = publish(service, user, 999_999)
     await until(lambda: marker in rec.ids, what="the marker event")
     return [event_id for event_id in rec.ids if event_id != marker]
-
-
-async def until(predicate: Any, timeout: float = 8.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout:g}s")
-        await asyncio.sleep(0.02)
 
 
 FAST: dict[str, Any] = {"backoff_base_s": 0.05, "backoff_cap_s": 0.4, "proxy": None}

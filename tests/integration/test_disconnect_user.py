@@ -20,8 +20,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.integration.conftest import SECRET, ServiceProcess
-from tests.integration.harness import SidecarProcess
-from tests.integration.test_replicas import two_replicas, until, watch
+from tests.integration.harness import SidecarProcess, until
+from tests.integration.test_replicas import two_replicas, watch
 
 USER = "cut-user"
 BYSTANDER = "cut-bystander"

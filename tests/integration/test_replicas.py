@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from bench.common import free_port
 from tests.integration.conftest import ARTIFACTS, ServiceProcess, service_env
-from tests.integration.harness import SidecarProcess, running_sidecar
+from tests.integration.harness import SidecarProcess, running_sidecar, until
 
 TOPIC = "task-updates"
 # Each replica hosts two users; a1 shares some tasks with b1 (so one event goes to both
@@ -72,14 +72,6 @@ async def watch(
     watcher.reader = asyncio.create_task(watcher.read_forever())
     await until(lambda: any(f["type"] == "subscribed" for f in watcher.frames), 5)
     return watcher
-
-
-async def until(predicate: Any, timeout: float, what: str = "") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        await asyncio.sleep(0.02)
 
 
 @contextmanager

@@ -3,7 +3,6 @@ holds) the client's last event, but the client says when that event was publishe
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +11,7 @@ import pytest
 
 from realtime_sync.client import ConnectionState, Item, ResyncRequired, SyncClient, TaskUpdate
 from tests.integration.conftest import ServiceProcess, running_stack
+from tests.integration.harness import until
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +22,6 @@ def stack() -> Iterator[ServiceProcess]:
 
 def event(user: str, event_id: str) -> dict[str, Any]:
     return {"id": event_id, "type": "TASK_CHANGED", "user_id": user, "task_id": event_id}
-
-
-async def until(predicate: Any, timeout: float = 8.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout:g}s")
-        await asyncio.sleep(0.02)
 
 
 async def test_a_replica_without_the_since_event_replays_by_its_publish_time(
