@@ -1,7 +1,7 @@
 """The gRPC shell toward daprd: a dapr.ext.grpc App subscribed to the task topic.
 
 Handlers run on the App's worker threads. Each event of the task topic is read straight
-from daprd's request (TaskEvents), parsed here (pure), then handed to the event loop (see
+from daprd's request (topic.TaskTopic), parsed here (pure), then handed to the event loop (see
 bridge.Bridge) and answered with the verdict. Nothing a handler does escapes as a gRPC
 error: daprd would treat UNKNOWN as retry, and UNIMPLEMENTED as acked.
 """
@@ -24,10 +24,8 @@ from typing import Any, Final
 import grpc
 import orjson
 from dapr.ext.grpc import App, InvokeMethodRequest, SubscriptionMessage, TopicEventResponse
-from dapr.proto.runtime.v1 import appcallback_pb2
 
 from realtime_sync.bridge import Bridge
-from realtime_sync.bulk import STATUS, BulkIngest, BulkSubscription, read_extensions
 from realtime_sync.config import Settings
 from realtime_sync.core.events import (
     SHARES_CHANGED,
@@ -41,12 +39,11 @@ from realtime_sync.core.outcomes import Verdict
 from realtime_sync.cutoffs import UserDisconnects, parse_control
 from realtime_sync.metrics import Metrics
 from realtime_sync.state import ShareLists, StateUnavailable
+from realtime_sync.topic import LIST_SUBSCRIPTIONS, ON_TOPIC_EVENT, BulkIngest, TaskTopic
 
 log = logging.getLogger(__name__)
 APP_CALLBACK: Final = "/dapr.proto.runtime.v1.AppCallback/"
-LIST_SUBSCRIPTIONS: Final = APP_CALLBACK + "ListTopicSubscriptions"
 ON_INVOKE: Final = APP_CALLBACK + "OnInvoke"
-ON_TOPIC_EVENT: Final = APP_CALLBACK + "OnTopicEvent"
 HEALTH_CHECK: Final = "/dapr.proto.runtime.v1.AppCallbackHealthCheck/HealthCheck"
 UNSIGNED_METHODS: Final = frozenset(
     {LIST_SUBSCRIPTIONS, APP_CALLBACK + "ListInputBindings", HEALTH_CHECK}
@@ -263,56 +260,6 @@ def _replace(handler: Any, behaviour: Callable[[Any, grpc.ServicerContext], Any]
     )
 
 
-# One answer per verdict, built once: never changed after, only serialised.
-_ANSWERS: Final = {
-    verdict: appcallback_pb2.TopicEventResponse(status=status) for verdict, status in STATUS.items()
-}
-
-
-class TaskEvents(grpc.ServerInterceptor):
-    """Serves `OnTopicEvent` for the task topic straight from daprd's `TopicEventRequest`.
-
-    The App's servicer would wrap every event in a `SubscriptionMessage`, which decodes the
-    data with the stdlib `json` (the subscriber decodes it again with orjson) and the
-    extensions with `MessageToDict`, and build a `TopicEventResponse` that validates its
-    status against the enum: ~10 us of the handler thread per event (bench/RESULTS.md).
-    Here the request's fields are read as they are and one prebuilt answer per verdict is
-    returned. Other topics (the control topic) still go to the App's servicer, so the App
-    stays the one place subscriptions are declared.
-    """
-
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        handle: Callable[[str, bytes, Mapping[str, Any]], Verdict],
-    ) -> None:
-        self._pubsub = settings.pubsub_name
-        self._topic = settings.topic_name
-        self._handle = handle
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Any],
-        details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = continuation(details)
-        if details.method != ON_TOPIC_EVENT or handler is None or handler.unary_unary is None:
-            return handler
-        return _replace(handler, self._direct(handler.unary_unary))
-
-    def _direct(self, sdk: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
-        def call(request: appcallback_pb2.TopicEventRequest, context: grpc.ServicerContext) -> Any:
-            if request.pubsub_name == self._pubsub and request.topic == self._topic:
-                verdict = self._handle(
-                    request.id, request.data, read_extensions(request.extensions)
-                )
-                return _ANSWERS[verdict]
-            return sdk(request, context)
-
-        return call
-
-
 class Subscriber:
     """Owns the App: registers the topic handler and the invocation methods."""
 
@@ -354,8 +301,7 @@ class Subscriber:
                     health_pool=self._health_pool,
                     in_flight=self.in_flight,
                 ),
-                TaskEvents(settings=settings, handle=self.handle_event),
-                *self._bulk_interceptors(),
+                self._task_topic(),
             ],
             options=[
                 ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
@@ -375,14 +321,17 @@ class Subscriber:
         self.app.register_health_check(self._health)
         self.port = 0
 
-    def _bulk_interceptors(self) -> list[grpc.ServerInterceptor]:
-        """With BULK_SUBSCRIBE: ask daprd for bulk delivery and serve it (realtime_sync.bulk)."""
-        if not self._s.bulk_subscribe:
-            return []
-        ingest = BulkIngest(
-            settings=self._s, bridge=self._bridge, metrics=self._metrics, admit=self.admit
+    def _task_topic(self) -> TaskTopic:
+        """Our topic's deliveries, served straight from daprd's requests (realtime_sync.topic);
+        with BULK_SUBSCRIBE, asked for and served in bulk too."""
+        bulk = (
+            BulkIngest(
+                settings=self._s, bridge=self._bridge, metrics=self._metrics, admit=self.admit
+            )
+            if self._s.bulk_subscribe
+            else None
         )
-        return [BulkSubscription(settings=self._s, ingest=ingest)]
+        return TaskTopic(settings=self._s, handle=self.handle_event, bulk=bulk)
 
     def start(self) -> int:
         """Bind and start serving (non-blocking); returns the bound port."""
@@ -415,8 +364,9 @@ class Subscriber:
     # -- pub/sub -------------------------------------------------------------------------
 
     def on_event(self, message: SubscriptionMessage) -> TopicEventResponse:
-        """The App's topic handler; deliveries of the task topic reach `handle_event` first
-        (TaskEvents), so this serves a task event only without that interceptor."""
+        """The App's handler of the task topic, which declares the subscription. Its
+        deliveries are answered by `topic.TaskTopic` before the App's servicer sees them;
+        this runs only for an App built without that interceptor."""
         verdict = self.handle_event(
             str(message.id() or ""), message.raw_data() or b"", message.extensions() or {}
         )

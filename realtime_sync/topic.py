@@ -1,22 +1,30 @@
-"""Bulk delivery from daprd: asked for in the subscription, served one batch per crossing.
+"""The task topic's deliveries from daprd, served at a gRPC interceptor (`TaskTopic`).
 
-Why an interceptor. dapr-ext-grpc's `App.subscribe()` cannot ask for bulk delivery
+Why an interceptor. dapr-ext-grpc's App hands each event to the topic handler as a
+`SubscriptionMessage`, which decodes the data with the stdlib `json` (the subscriber decodes
+it again with orjson) and the extensions with `MessageToDict`, and wants a
+`TopicEventResponse` that validates its status against an enum: ~10 us of a handler thread
+per event (bench/RESULTS.md, session 5). Its `App.subscribe()` cannot ask for bulk delivery
 (dapr/python-sdk#464), and its `OnBulkTopicEvent` calls the topic handler one entry at a
-time on the handler thread, which would cost one thread-to-loop crossing and one wait per
-event. Both are fixed here at a public seam, a `grpc.ServerInterceptor` passed to the App
+time, which would cost one thread-to-loop crossing and one wait per event. All of it is
+fixed at a public seam, a `grpc.ServerInterceptor` passed to the App
 (`App(interceptors=...)`), without touching the App's private attributes:
 
-* `ListTopicSubscriptions`: the App's own answer is kept (it stays the one place the
-  subscription is declared) and our topic's entry gets `bulk_subscribe` (enabled,
-  `max_messages_count`, `max_await_duration_ms`), which daprd reads in dapr/dapr
+* `OnTopicEvent` for our pubsub and topic: the request's `id`, `data` and the two
+  extensions read (`read_extensions`) go to the subscriber's handler as they are, and one
+  prebuilt answer per verdict goes back.
+* With bulk on, `ListTopicSubscriptions`: the App's own answer is kept (it stays the one
+  place the subscription is declared) and our topic's entry gets `bulk_subscribe`
+  (enabled, `max_messages_count`, `max_await_duration_ms`), which daprd reads in dapr/dapr
   `pkg/runtime/pubsub/subscriptions.go` `GetSubscriptionsGRPC`.
-* `OnBulkTopicEvent` and `OnBulkTopicEventAlpha1` (daprd falls back to the latter on
-  UNIMPLEMENTED, `pkg/runtime/subscription/postman/grpc/grpc.go` `DeliverBulk`): served by
-  `BulkIngest` for our pubsub and topic; any other topic goes to the App's servicer as before.
+* With bulk on, `OnBulkTopicEvent` and `OnBulkTopicEventAlpha1` (daprd falls back to the
+  latter on UNIMPLEMENTED, `pkg/runtime/subscription/postman/grpc/grpc.go` `DeliverBulk`):
+  served by `BulkIngest` for our pubsub and topic.
 
-A second servicer for `AppCallback` could not do the first part (the App registers its own
-at construction and answers `ListTopicSubscriptions` from its private table), so rewriting
-the answer in flight is the smallest seam that keeps the SDK the source of the subscription.
+Any other topic (the control topic) goes to the App's servicer as before. A second servicer
+for `AppCallback` could not do the subscription part (the App registers its own at
+construction and answers `ListTopicSubscriptions` from its private table), so rewriting the
+answer in flight is the smallest seam that keeps the SDK the source of the subscription.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ if TYPE_CHECKING:  # the subscriber builds this module's interceptor
 log = logging.getLogger(__name__)
 
 LIST_SUBSCRIPTIONS: Final = "/dapr.proto.runtime.v1.AppCallback/ListTopicSubscriptions"
+ON_TOPIC_EVENT: Final = "/dapr.proto.runtime.v1.AppCallback/OnTopicEvent"
 BULK_METHODS: Final = frozenset(
     {
         "/dapr.proto.runtime.v1.AppCallback/OnBulkTopicEvent",
@@ -52,9 +61,16 @@ STATUS: Final = {
     Verdict.DROP: appcallback_pb2.TopicEventResponse.DROP,
 }
 
+# One answer per verdict, built once: never changed after, only serialised.
+_ANSWERS: Final = {
+    verdict: appcallback_pb2.TopicEventResponse(status=status) for verdict, status in STATUS.items()
+}
+
 _READ: Final = ("traceparent", "time")  # the CloudEvent extensions the subscriber reads
 Admit = Callable[[str, bytes, Mapping[str, Any]], "Admission"]
 """The subscriber's checks before routing: (CloudEvent id, data, extensions) -> Admission."""
+Handle = Callable[[str, bytes, Mapping[str, Any]], Verdict]
+"""The subscriber's answer to one event: (CloudEvent id, data, extensions) -> verdict."""
 
 
 def read_extensions(extensions: Any) -> dict[str, str]:
@@ -150,22 +166,24 @@ class BulkIngest:
                 log.warning("routing timed out; answering RETRY", extra={"event_id": event_id})
 
 
-class BulkSubscription(grpc.ServerInterceptor):
-    """Asks daprd for bulk delivery of our topic and serves it with `BulkIngest`.
+class TaskTopic(grpc.ServerInterceptor):
+    """Serves our topic's deliveries: single events always, bulk ones (and the subscription's
+    request for them) when `bulk` is given.
 
     Placed after the app channel's gatekeeper in the App's interceptors, so the token check,
-    the in-flight count and the draining wait apply to bulk calls as to single ones.
+    the in-flight count and the draining wait apply to these calls as to any other.
     """
 
-    def __init__(self, *, settings: Settings, ingest: BulkIngest) -> None:
+    def __init__(self, *, settings: Settings, handle: Handle, bulk: BulkIngest | None) -> None:
         self._pubsub = settings.pubsub_name
         self._topic = settings.topic_name
+        self._handle = handle
+        self._ingest = bulk
         self._config = appcallback_pb2.BulkSubscribeConfig(
             enabled=True,
             max_messages_count=settings.bulk_max_messages,
             max_await_duration_ms=settings.bulk_max_await_ms,
         )
-        self._ingest = ingest
 
     def intercept_service(
         self,
@@ -175,32 +193,49 @@ class BulkSubscription(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
-        if details.method == LIST_SUBSCRIPTIONS:
+        method = details.method
+        if method == ON_TOPIC_EVENT:
+            return _unary(handler, self._single(handler.unary_unary))
+        if self._ingest is None:
+            return handler
+        if method == LIST_SUBSCRIPTIONS:
             return _unary(handler, self._with_bulk(handler.unary_unary))
-        if details.method in BULK_METHODS:
+        if method in BULK_METHODS:
             return grpc.unary_unary_rpc_method_handler(
-                self._bulk(handler.unary_unary),
+                self._bulk(handler.unary_unary, self._ingest),
                 request_deserializer=appcallback_pb2.TopicEventBulkRequest.FromString,
                 response_serializer=appcallback_pb2.TopicEventBulkResponse.SerializeToString,
             )
         return handler
 
+    def _ours(self, request: Any) -> bool:
+        return bool(request.pubsub_name == self._pubsub and request.topic == self._topic)
+
+    def _single(self, sdk: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+        def call(request: appcallback_pb2.TopicEventRequest, context: grpc.ServicerContext) -> Any:
+            if self._ours(request):
+                extensions = read_extensions(request.extensions)
+                return _ANSWERS[self._handle(request.id, request.data, extensions)]
+            return sdk(request, context)
+
+        return call
+
     def _with_bulk(self, inner: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
         def call(request: Any, context: grpc.ServicerContext) -> Any:
             response = inner(request, context)
             for subscription in response.subscriptions:
-                if subscription.pubsub_name == self._pubsub and subscription.topic == self._topic:
+                if self._ours(subscription):
                     subscription.bulk_subscribe.CopyFrom(self._config)
             return response
 
         return call
 
-    def _bulk(self, sdk: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+    def _bulk(self, sdk: Callable[[Any, grpc.ServicerContext], Any], ingest: BulkIngest) -> Any:
         def call(
             request: appcallback_pb2.TopicEventBulkRequest, context: grpc.ServicerContext
         ) -> Any:
-            if request.pubsub_name == self._pubsub and request.topic == self._topic:
-                return self._ingest.handle(request)
+            if self._ours(request):
+                return ingest.handle(request)
             return sdk(request, context)
 
         return call
