@@ -55,7 +55,7 @@ BULK_METHODS: Final = frozenset(
         "/dapr.proto.runtime.v1.AppCallbackAlpha/OnBulkTopicEventAlpha1",
     }
 )
-STATUS: Final = {
+_STATUS: Final = {
     Verdict.SUCCESS: appcallback_pb2.TopicEventResponse.SUCCESS,
     Verdict.RETRY: appcallback_pb2.TopicEventResponse.RETRY,
     Verdict.DROP: appcallback_pb2.TopicEventResponse.DROP,
@@ -63,7 +63,8 @@ STATUS: Final = {
 
 # One answer per verdict, built once: never changed after, only serialised.
 _ANSWERS: Final = {
-    verdict: appcallback_pb2.TopicEventResponse(status=status) for verdict, status in STATUS.items()
+    verdict: appcallback_pb2.TopicEventResponse(status=status)
+    for verdict, status in _STATUS.items()
 }
 
 _READ: Final = ("traceparent", "time")  # the CloudEvent extensions the subscriber reads
@@ -131,7 +132,7 @@ class BulkIngest:
         response = appcallback_pb2.TopicEventBulkResponse()
         add = response.statuses.add  # ~2x cheaper than building each entry, then the list
         for entry, verdict in zip(entries, verdicts, strict=True):
-            add(entry_id=entry.entry_id, status=STATUS[verdict])
+            add(entry_id=entry.entry_id, status=_STATUS[verdict])
         return response
 
     def _admit_entry(self, entry: appcallback_pb2.TopicEventBulkRequestEntry) -> Admission:
