@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -143,6 +144,7 @@ class Service:
             ),
             publish_task=lambda data: state.publish(s.pubsub_name, s.topic_name, data),
         )
+        freeze_startup_objects()
         await gateway.start()
         app_port = subscriber.start()
         log.info(
@@ -153,6 +155,7 @@ class Service:
                 "pubsub": s.pubsub_name,
                 "topic": s.topic_name,
                 "replica": s.replica_id,
+                "gc_frozen": gc.get_freeze_count(),
             },
         )
         background: list[asyncio.Task[Any]] = []
@@ -299,6 +302,17 @@ def _dapr_api_headers() -> dict[str, str]:
 
     token = dapr_settings.DAPR_API_TOKEN
     return {"dapr-api-token": token} if token else {}
+
+
+def freeze_startup_objects() -> None:
+    """Move what exists before the first client (modules, classes, the App, the clients,
+    all alive as long as the process; their count is logged at start as `gc_frozen`) out
+    of the cyclic GC's reach, so a full collection walks only what came after: the
+    connections, their sessions and the buffers. Garbage is collected first, so nothing
+    frozen is already dead (bench/RESULTS.md, session 5: the connect storm).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def run_service(settings: Settings) -> int:
