@@ -39,7 +39,13 @@ from realtime_sync.core.outcomes import Verdict
 from realtime_sync.cutoffs import UserDisconnects, parse_control
 from realtime_sync.metrics import Metrics
 from realtime_sync.state import ShareLists, StateUnavailable
-from realtime_sync.topic import LIST_SUBSCRIPTIONS, ON_TOPIC_EVENT, BulkIngest, TaskTopic
+from realtime_sync.topic import (
+    LIST_SUBSCRIPTIONS,
+    ON_TOPIC_EVENT,
+    BulkIngest,
+    TaskTopic,
+    replace_behaviour,
+)
 
 log = logging.getLogger(__name__)
 APP_CALLBACK: Final = "/dapr.proto.runtime.v1.AppCallback/"
@@ -218,13 +224,15 @@ class AppChannelInterceptor(grpc.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         if method == HEALTH_CHECK:
-            return _replace(handler, _OnPool(handler.unary_unary, self._health_pool))
+            return replace_behaviour(handler, _OnPool(handler.unary_unary, self._health_pool))
         if method in EVENT_METHODS:
-            return _replace(handler, self._counted(handler.unary_unary))
+            return replace_behaviour(handler, self._counted(handler.unary_unary))
         if method == LIST_SUBSCRIPTIONS:
-            return _replace(handler, self._mapped(handler.unary_unary, after=self._on_listed))
+            return replace_behaviour(
+                handler, self._mapped(handler.unary_unary, after=self._on_listed)
+            )
         if method == ON_INVOKE:
-            return _replace(handler, self._mapped(handler.unary_unary))
+            return replace_behaviour(handler, self._mapped(handler.unary_unary))
         return handler
 
     def _counted(self, inner: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
@@ -250,14 +258,6 @@ class AppChannelInterceptor(grpc.ServerInterceptor):
             return response
 
         return call
-
-
-def _replace(handler: Any, behaviour: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
-    return grpc.unary_unary_rpc_method_handler(
-        behaviour,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
 
 
 class Subscriber:

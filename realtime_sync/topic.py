@@ -196,11 +196,11 @@ class TaskTopic(grpc.ServerInterceptor):
             return handler
         method = details.method
         if method == ON_TOPIC_EVENT:
-            return _unary(handler, self._single(handler.unary_unary))
+            return replace_behaviour(handler, self._single(handler.unary_unary))
         if self._ingest is None:
             return handler
         if method == LIST_SUBSCRIPTIONS:
-            return _unary(handler, self._with_bulk(handler.unary_unary))
+            return replace_behaviour(handler, self._with_bulk(handler.unary_unary))
         if method in BULK_METHODS:
             return grpc.unary_unary_rpc_method_handler(
                 self._bulk(handler.unary_unary, self._ingest),
@@ -242,7 +242,9 @@ class TaskTopic(grpc.ServerInterceptor):
         return call
 
 
-def _unary(handler: Any, behaviour: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+def replace_behaviour(handler: Any, behaviour: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+    """`handler` (a unary-unary method handler) with `behaviour` in place of its own, and the
+    same (de)serialisers."""
     return grpc.unary_unary_rpc_method_handler(
         behaviour,
         request_deserializer=handler.request_deserializer,
