@@ -40,6 +40,7 @@ from realtime_sync.cutoffs import UserDisconnects, parse_control
 from realtime_sync.metrics import Metrics
 from realtime_sync.state import ShareLists, StateUnavailable
 from realtime_sync.topic import (
+    BULK_METHODS,
     LIST_SUBSCRIPTIONS,
     ON_TOPIC_EVENT,
     BulkIngest,
@@ -60,13 +61,7 @@ pkg/runtime/processor/binding/send.go getSubscribedBindingsGRPC,
 pkg/channel/grpc/grpc_channel.go HealthProbe). Every other call must carry the token:
 daprd signs OnTopicEvent, OnBulkTopicEvent(Alpha1), OnInvoke, OnBindingEvent and
 OnJobEvent(Alpha1) (AddAppTokenToContext; since daprd 1.16.2), and proxied calls."""
-EVENT_METHODS: Final = frozenset(
-    {
-        ON_TOPIC_EVENT,
-        APP_CALLBACK + "OnBulkTopicEvent",
-        "/dapr.proto.runtime.v1.AppCallbackAlpha/OnBulkTopicEventAlpha1",
-    }
-)
+EVENT_METHODS: Final = frozenset({ON_TOPIC_EVENT, *BULK_METHODS})
 HEALTH_WORKERS: Final = 2
 MAX_GRPC_MESSAGE: Final = 4 * 1024 * 1024
 
