@@ -157,7 +157,7 @@ class Settings:
     dapr_timeout_s: float = setting(2.0, "deadline of sidecar calls", 0.05, 120)
     handoff_queue: int = setting(10_000, "events waiting for the loop", 1, 10**7)
     ack_ahead: int = setting(
-        128, "events answered SUCCESS before their writes (recipients known); 0 = after", 0, 10**6
+        256, "events answered SUCCESS before their writes (recipients known); 0 = after", 0, 10**6
     )
     handoff_wait_s: float = setting(0.5, "wait on a full queue", 0, 30)
     handler_timeout_s: float = setting(
